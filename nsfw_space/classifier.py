@@ -1,0 +1,329 @@
+"""NSFWClassifier: images in, label probabilities out, on the best device and precision available."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import DEFAULT_MODEL, Settings
+from .device import resolve_device, resolve_precision
+from .errors import InvalidImageError, ModelLoadError
+from .images import DEFAULT_MAX_PIXELS, ImageSource, describe, load_frames
+from .loading import load_model_and_processor
+
+logger = logging.getLogger(__name__)
+
+NSFW_LABEL_NAMES = ("nsfw", "unsafe", "explicit", "porn", "sexy", "hentai", "nudity", "nude")
+SAFE_LABEL_NAMES = ("normal", "safe", "sfw", "neutral", "drawings", "drawing")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one image.
+
+    ``scores`` maps every label of the model to its probability; ``nsfw_score`` is the summed
+    probability of the NSFW label(s). For an animated image or a video, ``scores`` are those of
+    the frame with the highest NSFW score and ``frame_scores`` holds each sampled frame's score.
+    """
+
+    scores: dict[str, float]
+    nsfw_score: float
+    source: str | None = None
+    frame_scores: tuple[float, ...] | None = field(default=None)
+
+    @property
+    def label(self) -> str:
+        """The label with the highest probability."""
+        return max(self.scores, key=self.scores.__getitem__)
+
+    def is_nsfw(self, threshold: float = 0.5) -> bool:
+        """Whether the NSFW score reaches ``threshold``."""
+        return self.nsfw_score >= threshold
+
+    def to_dict(self, threshold: float = 0.5) -> dict[str, Any]:
+        """JSON-ready form: label, scores, nsfw_score, is_nsfw, threshold (and frame_scores)."""
+        result: dict[str, Any] = {
+            "label": self.label,
+            "scores": {name: round(value, 6) for name, value in self.scores.items()},
+            "nsfw_score": round(self.nsfw_score, 6),
+            "is_nsfw": self.is_nsfw(threshold),
+            "threshold": threshold,
+        }
+        if self.frame_scores is not None:
+            result["frame_scores"] = [round(value, 6) for value in self.frame_scores]
+        return result
+
+
+class NSFWClassifier:
+    """A transformers image-classification model wrapped for moderation.
+
+    Build it with :meth:`from_pretrained`; it is safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        nsfw_labels: Sequence[str] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int | None = None,
+        frames: int = 8,
+        name: str = "",
+    ) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.processor = processor
+        self.name = name or getattr(model.config, "_name_or_path", "") or "model"
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self.frames = frames
+        id2label = model.config.id2label
+        self.labels: list[str] = [str(id2label[i]) for i in range(len(id2label))]
+        self.nsfw_indices = _find_nsfw_indices(self.labels, nsfw_labels, self.name)
+        self._input_size, self._fast_preprocess = _preprocess_plan(processor)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = DEFAULT_MODEL,
+        *,
+        revision: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        nsfw_labels: Sequence[str] | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int | None = None,
+        frames: int = 8,
+    ) -> NSFWClassifier:
+        """Load a hub id or a local directory; ``device``/``precision`` ``auto`` pick the fastest."""
+        target = resolve_device(device)
+        dtype = resolve_precision(precision, target)
+        network, processor = load_model_and_processor(model, revision=revision, dtype=dtype)
+        logger.info("loaded %s on %s in %s", model, target, str(dtype).replace("torch.", ""))
+        return cls(
+            network,
+            processor,
+            device=target,
+            dtype=dtype,
+            nsfw_labels=nsfw_labels,
+            max_pixels=max_pixels,
+            max_bytes=max_bytes,
+            frames=frames,
+            name=model,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NSFWClassifier:
+        """Load the model the settings name, with their device, precision and limits."""
+        return cls.from_pretrained(
+            settings.model,
+            revision=settings.revision,
+            device=settings.device,
+            precision=settings.precision,
+            nsfw_labels=settings.nsfw_label_list or None,
+            max_pixels=settings.max_pixels,
+            max_bytes=settings.max_file_bytes,
+            frames=settings.frames,
+        )
+
+    @property
+    def precision(self) -> str:
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+            self.dtype, str(self.dtype)
+        )
+
+    # -- the steps -------------------------------------------------------------------------
+    def load(self, source: ImageSource, frames: int | None = None) -> list[Image.Image]:
+        """Decode ``source`` into RGB frames (one for a still image), within the size limits."""
+        return load_frames(
+            source,
+            self.frames if frames is None else frames,
+            max_pixels=self.max_pixels,
+            max_bytes=self.max_bytes,
+            draft_size=(2 * self._input_size[1], 2 * self._input_size[0]),
+        )
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One RGB image -> the model's input, a float32 array of shape (3, H, W)."""
+        if self._fast_preprocess is None:
+            return self.processor(images=image, return_tensors="np")["pixel_values"][0].astype(np.float32)
+        resample, scale, mean, std = self._fast_preprocess
+        height, width = self._input_size
+        if image.size != (width, height):
+            image = image.resize((width, height), resample=resample)
+        pixels = np.asarray(image, dtype=np.float32) * scale
+        if mean is not None:
+            pixels = (pixels - mean) / std
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """A batch of preprocessed images (N, 3, H, W) -> label probabilities (N, labels)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+        with self._lock, torch.inference_mode():
+            logits = self.model(pixel_values=tensor).logits
+        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+    def make_prediction(self, probs: np.ndarray, source: str | None = None) -> Prediction:
+        """Label probabilities of one image's frames (frames, labels) -> Prediction."""
+        nsfw = probs[:, self.nsfw_indices].sum(axis=1)
+        worst = int(np.argmax(nsfw))
+        scores = {label: float(probs[worst, i]) for i, label in enumerate(self.labels)}
+        frame_scores = tuple(float(v) for v in nsfw) if len(probs) > 1 else None
+        return Prediction(
+            scores=scores, nsfw_score=float(nsfw[worst]), source=source, frame_scores=frame_scores
+        )
+
+    def prediction_from_scores(self, scores: dict[str, float]) -> Prediction:
+        """A Prediction from label probabilities already computed (e.g. the bars on the page)."""
+        nsfw = sum(scores.get(self.labels[i], 0.0) for i in self.nsfw_indices)
+        return Prediction(scores={label: scores.get(label, 0.0) for label in self.labels}, nsfw_score=nsfw)
+
+    # -- the public doors ---------------------------------------------------------------------
+    def predict(self, source: ImageSource) -> Prediction:
+        """Classify one image (a path, bytes, PIL image or numpy array).
+
+        An animated image is judged on up to ``frames`` evenly spaced frames: its scores are
+        those of the frame with the highest NSFW score. Raises InvalidImageError.
+        """
+        pixels = np.stack([self.preprocess(frame) for frame in self.load(source)])
+        return self.make_prediction(self.probabilities(pixels), source=_name(source))
+
+    def predict_batch(self, sources: Iterable[ImageSource], batch_size: int = 16) -> list[Prediction]:
+        """Classify many images; decoding runs in threads, overlapped with the model's passes.
+
+        Raises InvalidImageError (naming the file) for the first input that cannot be read; use
+        :meth:`iter_predictions` to get errors in place instead.
+        """
+        results = []
+        for source, outcome in self.iter_predictions(sources, batch_size=batch_size):
+            if isinstance(outcome, InvalidImageError):
+                raise InvalidImageError(f"{describe(source)}: {outcome}") from outcome
+            results.append(outcome)
+        return results
+
+    def iter_predictions(
+        self, sources: Iterable[ImageSource], batch_size: int = 16, workers: int | None = None
+    ) -> Iterator[tuple[ImageSource, Prediction | InvalidImageError]]:
+        """Yield ``(source, Prediction or InvalidImageError)`` in input order, batching frames.
+
+        Decoding and preprocessing run on ``workers`` threads (PIL releases the GIL) a couple of
+        batches ahead of the model, so the model rarely waits for a file.
+        """
+        batch_size = max(1, int(batch_size))
+        workers = workers or _default_workers()
+        pending: deque[tuple[ImageSource, Future]] = deque()
+        ready: list[tuple[ImageSource, np.ndarray | InvalidImageError]] = []
+        frames_ready = 0
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsfw-decode") as pool:
+            iterator = iter(sources)
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < 2 * batch_size:
+                    try:
+                        source = next(iterator)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending.append((source, pool.submit(self._load_pixels, source)))
+                if not pending and not ready:
+                    return
+                if pending:
+                    source, future = pending.popleft()
+                    pixels = future.result()
+                    ready.append((source, pixels))
+                    if isinstance(pixels, np.ndarray):
+                        frames_ready += len(pixels)
+                if frames_ready >= batch_size or (not pending and ready):
+                    yield from self._score_ready(ready)
+                    ready, frames_ready = [], 0
+
+    def _load_pixels(self, source: ImageSource) -> np.ndarray | InvalidImageError:
+        try:
+            return np.stack([self.preprocess(frame) for frame in self.load(source)])
+        except InvalidImageError as err:
+            return err
+
+    def _score_ready(
+        self, ready: list[tuple[ImageSource, np.ndarray | InvalidImageError]]
+    ) -> Iterator[tuple[ImageSource, Prediction | InvalidImageError]]:
+        arrays = [pixels for _, pixels in ready if isinstance(pixels, np.ndarray)]
+        probs = self.probabilities(np.concatenate(arrays)) if arrays else np.empty((0, len(self.labels)))
+        offset = 0
+        for source, pixels in ready:
+            if isinstance(pixels, InvalidImageError):
+                yield source, pixels
+                continue
+            count = len(pixels)
+            yield source, self.make_prediction(probs[offset : offset + count], source=_name(source))
+            offset += count
+
+
+def _default_workers() -> int:
+    import os
+
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _name(source: object) -> str | None:
+    import os
+
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+
+
+def _find_nsfw_indices(labels: list[str], wanted: Sequence[str] | None, model: str) -> list[int]:
+    lowered = [label.lower() for label in labels]
+    if wanted:
+        missing = [name for name in wanted if name.lower() not in lowered]
+        if missing:
+            raise ModelLoadError(
+                f"The model {model!r} has no label {', '.join(map(repr, missing))}; "
+                f"its labels are {', '.join(labels)}. Fix NSFW_SPACE_NSFW_LABELS."
+            )
+        return [lowered.index(name.lower()) for name in wanted]
+    found = [i for i, label in enumerate(lowered) if label in NSFW_LABEL_NAMES]
+    if found:
+        return found
+    if len(labels) == 2:
+        safe = [i for i, label in enumerate(lowered) if label in SAFE_LABEL_NAMES]
+        if len(safe) == 1:
+            return [1 - safe[0]]
+    raise ModelLoadError(
+        f"Cannot tell which label of the model {model!r} means NSFW (its labels are "
+        f"{', '.join(labels)}). Set NSFW_SPACE_NSFW_LABELS to the label name(s) that do."
+    )
+
+
+def _preprocess_plan(processor: Any) -> tuple[tuple[int, int], tuple | None]:
+    """The model's input size and, for ViT-style processors, the numbers of a fast preprocess."""
+    size = getattr(processor, "size", None) or {}
+    size = dict(size) if not isinstance(size, dict) else size
+    crop = getattr(processor, "do_center_crop", False)
+    if "height" in size and "width" in size and not crop and getattr(processor, "do_resize", True):
+        height, width = int(size["height"]), int(size["width"])
+        resample = Image.Resampling(int(getattr(processor, "resample", Image.Resampling.BILINEAR)))
+        scale = (
+            float(getattr(processor, "rescale_factor", 1 / 255))
+            if getattr(processor, "do_rescale", True)
+            else 1.0
+        )
+        mean = std = None
+        if getattr(processor, "do_normalize", True):
+            mean = np.asarray(processor.image_mean, dtype=np.float32)
+            std = np.asarray(processor.image_std, dtype=np.float32)
+        return (height, width), (resample, scale, mean, std)
+    edge = size.get("shortest_edge") or size.get("height") or 224
+    return (int(edge), int(edge)), None

@@ -1,0 +1,124 @@
+"""Settings, read once from ``NSFW_SPACE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "Falconsai/nsfw_image_detection"
+ENV_PREFIX = "NSFW_SPACE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that can be configured, with the defaults a public CPU Space wants.
+
+    Each field ``name`` is read from the environment variable ``NSFW_SPACE_<NAME>``.
+    """
+
+    model: str = DEFAULT_MODEL
+    """Hub id or local directory of a transformers image-classification model."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin; ignored for local directories."""
+    device: str = "auto"
+    """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ..."""
+    precision: str = "auto"
+    """``auto``, ``fp32``, ``bf16`` or ``fp16``."""
+    nsfw_labels: str = ""
+    """Comma-separated label names that count as NSFW; empty means found by name."""
+    threshold: float = 0.5
+    """Default NSFW score at or above which an image is flagged."""
+    batch_size: int = 16
+    """Images per forward pass in batch scoring."""
+    max_batch_size: int = 8
+    """Most concurrent Space requests that share one forward pass."""
+    max_file_size: str = "25MB"
+    """Largest upload the Space accepts (Gradio's ``max_file_size``)."""
+    max_pixels: int = 80_000_000
+    """Largest image (width x height) decoded; checked from the header before decoding."""
+    queue_size: int = 64
+    """Requests waiting in the Space's queue before new ones are refused as busy."""
+    concurrency: int = 4
+    """Requests the Space works on at once (decoding in parallel, model passes shared)."""
+    cache_minutes: int = 10
+    """Uploaded files are deleted from the server after about this many minutes."""
+    frames: int = 8
+    """Frames sampled from an animated image or a video."""
+    allow_urls: bool = True
+    """Whether the API accepts http(s) image URLs."""
+    allow_private_urls: bool = False
+    """Test-only: allow URLs that resolve to loopback or private addresses."""
+    url_timeout: float = 10.0
+    """Seconds allowed to fetch an image URL."""
+    mcp: bool = False
+    """Also serve the API as MCP tools through Gradio's MCP server."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``); ``overrides`` win over both."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            values[field.name] = _parse(field.name, field.type, raw.strip())
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise ConfigError for values that cannot work."""
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"NSFW_SPACE_THRESHOLD must be between 0 and 1, got {self.threshold}.")
+        for name in ("batch_size", "max_batch_size", "max_pixels", "queue_size", "concurrency", "frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"NSFW_SPACE_{name.upper()} must be at least 1.")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(
+                f"NSFW_SPACE_PRECISION must be auto, fp32, bf16 or fp16, got {self.precision!r}."
+            )
+
+    @property
+    def nsfw_label_list(self) -> list[str]:
+        return [name.strip() for name in self.nsfw_labels.split(",") if name.strip()]
+
+    @property
+    def max_file_bytes(self) -> int:
+        return parse_size(self.max_file_size)
+
+
+def parse_size(text: str) -> int:
+    """``'25MB'`` -> bytes (decimal units, as Gradio reads them; plain numbers are bytes)."""
+    units = {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "b": 1}
+    cleaned = text.strip().lower().replace(" ", "")
+    unit = next((name for name in units if cleaned.endswith(name)), "")
+    number, factor = (cleaned[: -len(unit)], units[unit]) if unit else (cleaned, 1)
+    try:
+        return int(float(number) * factor)
+    except ValueError as err:
+        raise ConfigError(f"Cannot read {text!r} as a size; write it like '25MB'.") from err
+
+
+def _parse(name: str, annotation: object, raw: str) -> object:
+    kind = str(annotation)
+    env_name = ENV_PREFIX + name.upper()
+    try:
+        if kind.startswith("bool"):
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            return int(raw.replace("_", ""))
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError as err:
+        raise ConfigError(f"{env_name}={raw!r} is not a valid {kind.split(' ')[0]}.") from err
+    return raw

@@ -1,0 +1,19 @@
+"""The exceptions that are part of the public API: every user mistake is one of these."""
+
+from __future__ import annotations
+
+
+class NSFWSpaceError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InvalidImageError(NSFWSpaceError, ValueError):
+    """The input is not an image we can classify (empty, not an image, truncated, too large, ...)."""
+
+
+class ModelLoadError(NSFWSpaceError, RuntimeError):
+    """The model could not be loaded; the message names the model, the reason and what to set instead."""
+
+
+class ConfigError(NSFWSpaceError, ValueError):
+    """A setting (environment variable or argument) has a value we cannot use."""

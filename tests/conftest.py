@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny ViTs built offline, image factories, and a launched app with a client."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("GRADIO_SERVER_NAME", "127.0.0.1")
+
+from pathlib import Path
+
+import pytest
+
+from nsfw_space import NSFWClassifier, Settings
+from nsfw_space.testing import build_model_dir, varied_image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny ViT (labels normal, nsfw) whose scores differ from image to image."""
+    return build_model_dir(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def classifier(model_dir) -> NSFWClassifier:
+    """The tiny model in fp32, so it can be compared with the model card's snippets exactly."""
+    return NSFWClassifier.from_pretrained(str(model_dir), device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> list[Path]:
+    """Six varied JPEGs of different sizes on disk."""
+    folder = tmp_path_factory.mktemp("images")
+    sizes = [(320, 240), (640, 480), (97, 211), (1024, 768), (224, 224), (50, 400)]
+    paths = []
+    for seed, size in enumerate(sizes):
+        path = folder / f"img{seed}.jpg"
+        varied_image(seed, size).save(path, quality=92)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def gradio_tmp(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("gradio")
+    os.environ["GRADIO_TEMP_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_url(classifier, gradio_tmp):
+    """The Space's page built around the tiny classifier, launched on 127.0.0.1."""
+    from nsfw_space.ui import build_demo, launch_options
+
+    settings = Settings(max_file_size="2MB", max_pixels=4_000_000)
+    demo = build_demo(classifier, settings)
+    options = launch_options(settings)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **options)
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    from gradio_client import Client
+
+    return Client(app_url, verbose=False)

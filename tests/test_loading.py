@@ -1,0 +1,91 @@
+"""Loading the model: local directories, the hub id, and clear messages when it can't be done."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nsfw_space import DEFAULT_MODEL, ModelLoadError, NSFWClassifier, Settings
+
+
+def test_default_model_is_falconsai():
+    assert DEFAULT_MODEL == "Falconsai/nsfw_image_detection"
+    assert Settings().model == DEFAULT_MODEL
+
+
+def test_missing_directory_names_the_model_and_the_setting(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelLoadError) as caught:
+        NSFWClassifier.from_pretrained(str(missing))
+    message = str(caught.value)
+    assert str(missing) in message and "no such directory" in message and "NSFW_SPACE_MODEL" in message
+
+
+def test_directory_without_weights_is_refused_clearly(tmp_path, model_dir):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((model_dir / "config.json").read_text())
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors.*NSFW_SPACE_MODEL"):
+        NSFWClassifier.from_pretrained(str(broken))
+
+
+def test_corrupt_weights_are_refused_clearly(tmp_path, model_dir):
+    broken = tmp_path / "model-dir"
+    broken.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (broken / name).write_text((model_dir / name).read_text())
+    (broken / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelLoadError, match=r"safetensors weights are damaged.*NSFW_SPACE_MODEL"):
+        NSFWClassifier.from_pretrained(str(broken))
+
+
+def test_pickle_only_weights_are_never_loaded(tmp_path, model_dir):
+    pickled = tmp_path / "legacy"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((model_dir / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelLoadError, match=r"only pickle weights.*only safetensors weights are loaded"):
+        NSFWClassifier.from_pretrained(str(pickled))
+
+
+def test_hub_model_offline_fails_fast_with_a_clear_message():
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as caught:
+        NSFWClassifier.from_pretrained("Falconsai/nsfw_image_detection", revision="main")
+    assert time.monotonic() - started < 10
+    message = str(caught.value)
+    assert "Falconsai/nsfw_image_detection" in message
+    assert "offline" in message or "could not be reached" in message
+    assert "NSFW_SPACE_MODEL" in message
+    assert "Traceback" not in message
+
+
+def test_settings_come_from_namespaced_environment(model_dir):
+    settings = Settings.from_env(
+        {"NSFW_SPACE_MODEL": str(model_dir), "NSFW_SPACE_THRESHOLD": "0.7", "NSFW_SPACE_PRECISION": "fp32"}
+    )
+    assert settings.model == str(model_dir) and settings.threshold == 0.7
+    clf = NSFWClassifier.from_settings(settings)
+    assert clf.precision == "fp32" and clf.labels == ["normal", "nsfw"]
+
+
+def test_bad_setting_values_are_refused():
+    from nsfw_space import ConfigError
+
+    with pytest.raises(ConfigError, match="NSFW_SPACE_THRESHOLD"):
+        Settings.from_env({"NSFW_SPACE_THRESHOLD": "2"})
+    with pytest.raises(ConfigError, match="NSFW_SPACE_BATCH_SIZE"):
+        Settings.from_env({"NSFW_SPACE_BATCH_SIZE": "many"})
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    import torch
+
+    from nsfw_space import device
+
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    assert device.resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    assert device.resolve_precision("auto", torch.device("cpu")) == torch.float32
+    assert device.resolve_precision("auto", torch.device("cuda")) == torch.float16
