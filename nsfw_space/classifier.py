@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -140,6 +142,16 @@ class NSFWClassifier:
             frames=settings.frames,
         )
 
+    def with_limits(
+        self, *, max_pixels: int | None = None, max_bytes: int | None = None, frames: int | None = None
+    ) -> NSFWClassifier:
+        """A view of this classifier (same model, no copy of the weights) with other input limits."""
+        view = copy.copy(self)
+        view.max_pixels = self.max_pixels if max_pixels is None else max_pixels
+        view.max_bytes = self.max_bytes if max_bytes is None else max_bytes
+        view.frames = self.frames if frames is None else frames
+        return view
+
     @property
     def precision(self) -> str:
         return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
@@ -199,8 +211,11 @@ class NSFWClassifier:
         An animated image is judged on up to ``frames`` evenly spaced frames: its scores are
         those of the frame with the highest NSFW score. Raises InvalidImageError.
         """
-        pixels = np.stack([self.preprocess(frame) for frame in self.load(source)])
-        return self.make_prediction(self.probabilities(pixels), source=_name(source))
+        return self.make_prediction(self.probabilities(self.pixels(source)), source=source_name(source))
+
+    def pixels(self, source: ImageSource) -> np.ndarray:
+        """Decode and preprocess ``source``: (frames, 3, H, W). Raises InvalidImageError."""
+        return np.stack([self.preprocess(frame) for frame in self.load(source)])
 
     def predict_batch(self, sources: Iterable[ImageSource], batch_size: int = 16) -> list[Prediction]:
         """Classify many images; decoding runs in threads, overlapped with the model's passes.
@@ -253,7 +268,7 @@ class NSFWClassifier:
 
     def _load_pixels(self, source: ImageSource) -> np.ndarray | InvalidImageError:
         try:
-            return np.stack([self.preprocess(frame) for frame in self.load(source)])
+            return self.pixels(source)
         except InvalidImageError as err:
             return err
 
@@ -268,19 +283,16 @@ class NSFWClassifier:
                 yield source, pixels
                 continue
             count = len(pixels)
-            yield source, self.make_prediction(probs[offset : offset + count], source=_name(source))
+            yield source, self.make_prediction(probs[offset : offset + count], source=source_name(source))
             offset += count
 
 
 def _default_workers() -> int:
-    import os
-
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
-def _name(source: object) -> str | None:
-    import os
-
+def source_name(source: object) -> str | None:
+    """The path of a path-like source, else None."""
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
 
 

@@ -93,8 +93,8 @@ class Settings:
 
 
 def parse_size(text: str) -> int:
-    """``'25MB'`` -> bytes (decimal units, as Gradio reads them; plain numbers are bytes)."""
-    units = {"kb": 1000, "mb": 1000**2, "gb": 1000**3, "b": 1}
+    """``'25MB'`` -> bytes, read as Gradio reads ``max_file_size`` (1 MB = 1024 KB; plain numbers are bytes)."""
+    units = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "b": 1}
     cleaned = text.strip().lower().replace(" ", "")
     unit = next((name for name in units if cleaned.endswith(name)), "")
     number, factor = (cleaned[: -len(unit)], units[unit]) if unit else (cleaned, 1)

@@ -77,9 +77,14 @@ def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[requested]
 
 
+def on_zero_gpu() -> bool:
+    """True on a Hugging Face ZeroGPU Space (the GPU exists only inside ``spaces.GPU`` calls)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "true")
+
+
 def gpu_task(fn: F) -> F:
     """Run ``fn`` inside ``spaces.GPU`` on a ZeroGPU Space; a no-op elsewhere."""
-    if not os.environ.get("SPACES_ZERO_GPU"):
+    if not on_zero_gpu():
         return fn
     try:
         import spaces  # type: ignore[import-not-found]

@@ -77,14 +77,20 @@ def load_frames(
     if isinstance(source, np.ndarray):
         return [array_to_image(source)]
     data = _read_source(source, max_bytes)
-    image = _open(data, max_pixels)
-    if is_animated(image) and max_frames > 1:
-        frames = _sample_frames(image, max_frames)
-    else:
-        if draft_size is not None and image.format == "JPEG":
-            image.draft("RGB", draft_size)
-        frames = [_decode(image, data, max_pixels, draft_size)]
-    return [_frame_to_rgb(frame) for frame in frames]
+    try:
+        image = _open(data, max_pixels)
+        if is_animated(image) and max_frames > 1:
+            frames = _sample_frames(image, max_frames)
+        else:
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", draft_size)
+            frames = [_decode(image, data, max_pixels, draft_size)]
+        return [_frame_to_rgb(frame) for frame in frames]
+    except InvalidImageError:
+        raise
+    except Exception as err:
+        logger.debug("decoder failure", exc_info=True)
+        raise InvalidImageError(_damaged_message(err)) from None
 
 
 def sample_indices(frame_count: int, wanted: int) -> list[int]:
@@ -165,7 +171,7 @@ def _read_source(source: ImageSource, max_bytes: int | None) -> bytes:
 def _check_size(size: int, max_bytes: int | None) -> None:
     if max_bytes is not None and size > max_bytes:
         raise InvalidImageError(
-            f"The file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB. "
+            f"The file is {size / 2**20:.1f} MB; the limit is {max_bytes / 2**20:.0f} MB. "
             "Upload a smaller or more compressed image."
         )
 
@@ -182,7 +188,12 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             f"The image has far more pixels than the limit of {max_pixels / 1e6:.0f} megapixels "
             "(a decompression bomb, or a huge scan). Resize it and try again."
         ) from None
-    except (OSError, ValueError, SyntaxError, EOFError, TypeError) as err:
+    except Exception as err:
+        if "truncated" in str(err).lower():
+            raise InvalidImageError(
+                "The image file is truncated: it ends inside its header, so no picture can be "
+                "recovered. Upload the complete file."
+            ) from None
         raise InvalidImageError(
             f"The file looks like an image but its header is damaged ({_short(err)}). "
             "Re-save or re-export it and try again."

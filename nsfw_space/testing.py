@@ -95,7 +95,7 @@ def varied_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(2, 9))):
         x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-        x1, y1 = x0 + rng.uniform(5, width / 2), y0 + rng.uniform(5, height / 2)
+        x1, y1 = x0 + rng.uniform(1, max(2, width / 2)), y0 + rng.uniform(1, max(2, height / 2))
         color = tuple(int(v) for v in rng.integers(0, 256, 3))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=color)
     return image

@@ -14,9 +14,10 @@ from typing import Any
 
 import gradio as gr
 
+from .batching import DynamicBatcher
 from .classifier import NSFWClassifier, Prediction
 from .config import Settings
-from .device import gpu_task
+from .device import gpu_task, on_zero_gpu
 from .errors import InvalidImageError
 from .loading import HUB_ID
 
@@ -42,6 +43,9 @@ CSS = """
 def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> gr.Blocks:
     """The whole page: image input, label bars, threshold and verdict, examples, and the API."""
     settings = settings or Settings()
+    classifier = classifier.with_limits(
+        max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes, frames=settings.frames
+    )
     handlers = Handlers(classifier, settings)
     examples = example_paths()
 
@@ -133,6 +137,8 @@ def launch_options(settings: Settings) -> dict[str, Any]:
         "theme": gr.themes.Soft(primary_hue="rose", secondary_hue="slate"),
         "max_file_size": settings.max_file_size,
         "show_error": True,
+        "run_history": False,  # never keep what users uploaded, not even in their own browser
+        "enable_monitoring": False,
         "footer_links": ["api", "gradio"],
     }
     favicon = ASSETS_DIR / "favicon.png"
@@ -149,7 +155,11 @@ class Handlers:
     def __init__(self, classifier: NSFWClassifier, settings: Settings) -> None:
         self.classifier = classifier
         self.settings = settings
-        self._predict = gpu_task(classifier.predict)
+        if on_zero_gpu():  # the GPU exists only inside the request's own spaces.GPU call
+            self._predict = gpu_task(classifier.predict)
+        else:
+            self.batcher = DynamicBatcher(classifier, settings.max_batch_size)
+            self._predict = self.batcher.predict
 
     def classify(self, image: Any) -> dict[str, float] | None:
         """Score one image: returns every label of the model with its probability.
