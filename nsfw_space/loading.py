@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 MODEL_SETTING = "NSFW_SPACE_MODEL"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 LOCAL_HINT = (
-    f"Set {MODEL_SETTING} to a local directory that holds config.json, model.safetensors and "
+    f"Point {MODEL_SETTING} (or --model) at a local directory that holds config.json, model.safetensors and "
     "preprocessor_config.json (for example one made with `hf download` or "
     "`python -m nsfw_space train`)."
 )

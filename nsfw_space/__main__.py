@@ -1,0 +1,7 @@
+"""``python -m nsfw_space ...``"""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

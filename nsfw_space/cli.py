@@ -1,0 +1,202 @@
+"""``python -m nsfw_space`` / ``nsfw-space``: serve, scan, loadtest (and more as they land).
+
+User mistakes end as one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+from . import __version__
+from .config import DEFAULT_MODEL, Settings
+from .errors import NSFWSpaceError
+
+logger = logging.getLogger("nsfw_space")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _quiet_libraries()
+    try:
+        return int(args.run(args) or 0)
+    except NSFWSpaceError as err:
+        print(f"nsfw-space {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nsfw-space {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Keep stderr for our own progress bar and messages."""
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nsfw-space", description="NSFW image moderation with a ViT classifier."
+    )
+    parser.add_argument("--version", action="version", version=f"nsfw-space {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    scan = commands.add_parser(
+        "scan", help="score every image (and GIF/video) under folders; CSV or JSON Lines out"
+    )
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (walked recursively)")
+    _model_options(scan)
+    scan.add_argument(
+        "--threshold", type=_unit_float, default=None, help="flag at or above this nsfw score (default 0.5)"
+    )
+    scan.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="images per forward pass (default 16)"
+    )
+    scan.add_argument("--output", "-o", default=None, help="FILE.csv or FILE.jsonl (default: CSV on stdout)")
+    scan.add_argument("--resume", action="store_true", help="skip files already in --output and append")
+    scan.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    scan.set_defaults(run=_run_scan)
+
+    serve = commands.add_parser("serve", help="start the Gradio app (as app.py does)")
+    _model_options(serve)
+    serve.set_defaults(run=_run_serve)
+
+    load = commands.add_parser("loadtest", help="N concurrent gradio_client users against a local Space")
+    load.add_argument(
+        "url", nargs="?", default=None, help="the Space's URL on this machine (default: start one)"
+    )
+    load.add_argument("--image", required=True, help="the image every user sends")
+    load.add_argument(
+        "--users", type=_positive_int, default=64, help="simultaneous users (default 64, at most 256)"
+    )
+    load.add_argument(
+        "--rounds", type=_positive_int, default=3, help="rounds of calls (default 3, at most 20)"
+    )
+    load.add_argument("--pid", type=int, default=None, help="server process id, to report its memory")
+    load.add_argument("--max-seconds", type=float, default=300.0, help="stop after this long (default 300)")
+    load.set_defaults(run=_run_loadtest)
+
+    for sub in (scan, serve, load):
+        sub.add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", "-m", default=None, help=f"hub id or local directory (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument("--revision", default=None, help="hub revision to pin")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"])
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        model=args.model,
+        revision=args.revision,
+        device=args.device,
+        precision=args.precision,
+        threshold=getattr(args, "threshold", None),
+        batch_size=getattr(args, "batch_size", None),
+    )
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    from .classifier import NSFWClassifier
+    from .scan import scan
+
+    settings = _settings(args)
+    classifier = NSFWClassifier.from_settings(settings)
+    started = time.perf_counter()
+    summary = scan(
+        classifier,
+        args.paths,
+        threshold=settings.threshold,
+        batch_size=settings.batch_size,
+        output=args.output,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    seconds = time.perf_counter() - started
+    rate = summary.files / seconds if seconds > 0 else 0.0
+    skipped = f", {summary.skipped} already done" if summary.skipped else ""
+    print(
+        f"scanned {summary.files} files in {seconds:.1f} s ({rate:.1f}/s): {summary.flagged} flagged nsfw "
+        f"at threshold {settings.threshold}, {summary.errors} unreadable{skipped}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .classifier import NSFWClassifier
+    from .ui import build_demo, launch_options
+
+    logging.getLogger("nsfw_space").setLevel(logging.INFO)
+    settings = _settings(args)
+    demo = build_demo(NSFWClassifier.from_settings(settings), settings)
+    demo.launch(**launch_options(settings))
+    return 0
+
+
+def _run_loadtest(args: argparse.Namespace) -> int:
+    from .loadtest import format_report, run_loadtest, start_local_server
+
+    process = None
+    url, pid = args.url, args.pid
+    if url is None:
+        process, url = start_local_server()
+        pid = process.pid
+    try:
+        results = run_loadtest(
+            url,
+            args.image,
+            users=args.users,
+            rounds=args.rounds,
+            server_pid=pid,
+            max_seconds=args.max_seconds,
+        )
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=30)
+    print(format_report(results, args.users))
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The command line, run as a user runs it: a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def run_cli(
+    *args: str, env_extra: dict[str, str] | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "nsfw_space", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, images):
+    root = tmp_path_factory.mktemp("scan")
+    (root / "nested" / "deeper").mkdir(parents=True)
+    for index, path in enumerate(images[:4]):
+        target = root / ("nested/deeper" if index % 2 else "nested") / path.name
+        shutil.copy(path, target)
+    (root / "nested" / "broken.jpg").write_text("not an image at all")
+    (root / "readme.txt").write_text("ignored: not an image suffix")
+    return root
+
+
+def test_scan_writes_a_csv_row_per_file_with_an_error_row(folder, model_dir, classifier, tmp_path):
+    output = tmp_path / "out.csv"
+    result = run_cli(
+        "scan", str(folder), "--model", str(model_dir), "--output", str(output), "--precision", "fp32"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(output.open()))
+    assert list(rows[0]) == ["path", "label", "normal", "nsfw", "nsfw_score", "is_nsfw", "error"]
+    assert len(rows) == 5 and not any("readme" in row["path"] for row in rows)
+    broken = [row for row in rows if row["path"].endswith("broken.jpg")]
+    assert broken and "not an image" in broken[0]["error"] and broken[0]["label"] == ""
+    for row in rows:
+        if not row["error"]:
+            expected = classifier.predict(row["path"])
+            assert float(row["nsfw"]) == pytest.approx(expected.nsfw_score, abs=1e-4)
+            assert row["is_nsfw"] == str(expected.nsfw_score >= 0.5)
+    assert "scanned 5 files" in result.stderr and "1 unreadable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_scan_jsonl_and_threshold(folder, model_dir, tmp_path):
+    output = tmp_path / "out.jsonl"
+    result = run_cli("scan", str(folder), "-m", str(model_dir), "-o", str(output), "--threshold", "0", "-q")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 5
+    assert all(row["is_nsfw"] is True for row in rows if not row["error"])
+    assert set(rows[0]) == {"path", "label", "normal", "nsfw", "nsfw_score", "is_nsfw", "error"}
+
+
+def test_scan_resume_skips_files_already_done(folder, model_dir, tmp_path):
+    output = tmp_path / "resume.csv"
+    first = run_cli("scan", str(folder / "nested" / "deeper"), "-m", str(model_dir), "-o", str(output), "-q")
+    assert first.returncode == 0, first.stderr
+    done = len(list(csv.DictReader(output.open())))
+    second = run_cli("scan", str(folder), "-m", str(model_dir), "-o", str(output), "--resume", "-q")
+    assert second.returncode == 0, second.stderr
+    rows = list(csv.DictReader(output.open()))
+    assert len(rows) == 5 and len({row["path"] for row in rows}) == 5
+    assert f"{done} already done" in second.stderr
+
+
+def test_scan_to_stdout(folder, model_dir):
+    result = run_cli("scan", str(folder / "nested" / "deeper"), "-m", str(model_dir), "-q")
+    assert result.returncode == 0
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 2
+
+
+def test_unloadable_model_is_one_line_and_exit_2(folder, tmp_path):
+    result = run_cli("scan", str(folder), "--model", str(tmp_path / "missing"))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no such directory" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_bad_arguments_exit_2(folder, model_dir, tmp_path):
+    assert run_cli("scan", str(folder), "-m", str(model_dir), "--threshold", "7").returncode == 2
+    wrong_suffix = run_cli("scan", str(folder), "-m", str(model_dir), "-o", str(tmp_path / "x.txt"))
+    assert wrong_suffix.returncode == 2 and ".csv or .jsonl" in wrong_suffix.stderr
+
+
+def test_loadtest_answers_or_refuses_busy_with_no_failures(model_dir, images):
+    result = run_cli(
+        "loadtest",
+        "--image",
+        str(images[0]),
+        "--users",
+        "12",
+        "--rounds",
+        "2",
+        env_extra={"NSFW_SPACE_MODEL": str(model_dir), "NSFW_SPACE_QUEUE_SIZE": "4"},
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [
+        line.split() for line in result.stdout.splitlines()[1:] if line.strip() and line.split()[0].isdigit()
+    ]
+    assert len(rows) == 2
+    for _, users, answered, wrong, busy, failed, *_ in rows:
+        assert int(answered) + int(busy) == int(users) == 12
+        assert int(wrong) == 0 and int(failed) == 0 and int(answered) >= 1
+    assert sum(int(row[4]) for row in rows) >= 1  # the small queue really refused some as busy
