@@ -21,6 +21,7 @@ from .device import resolve_device, resolve_precision
 from .errors import InvalidImageError, ModelLoadError
 from .images import DEFAULT_MAX_PIXELS, ImageSource, describe, load_frames
 from .loading import load_model_and_processor
+from .optimize import eager_forward
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ class NSFWClassifier:
         self.nsfw_indices = _find_nsfw_indices(self.labels, nsfw_labels, self.name)
         self._input_size, self._fast_preprocess = _preprocess_plan(processor)
         self._lock = threading.Lock()
+        self._pad_to = 0
+        self._single_forward = self._batch_forward = eager_forward(self.model)
+        self.optimization = "none"
 
     @classmethod
     def from_pretrained(
@@ -110,13 +114,15 @@ class NSFWClassifier:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: int | None = None,
         frames: int = 8,
+        optimize: str = "auto",
     ) -> NSFWClassifier:
-        """Load a hub id or a local directory; ``device``/``precision`` ``auto`` pick the fastest."""
+        """Load a hub id or a local directory; ``device``/``precision``/``optimize`` ``auto`` pick
+        the fastest (see :meth:`optimize`)."""
         target = resolve_device(device)
         dtype = resolve_precision(precision, target)
         network, processor = load_model_and_processor(model, revision=revision, dtype=dtype)
         logger.info("loaded %s on %s in %s", model, target, str(dtype).replace("torch.", ""))
-        return cls(
+        classifier = cls(
             network,
             processor,
             device=target,
@@ -127,6 +133,8 @@ class NSFWClassifier:
             frames=frames,
             name=model,
         )
+        classifier.optimize(optimize)
+        return classifier
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NSFWClassifier:
@@ -140,6 +148,7 @@ class NSFWClassifier:
             max_pixels=settings.max_pixels,
             max_bytes=settings.max_file_bytes,
             frames=settings.frames,
+            optimize=settings.optimize,
         )
 
     def with_limits(
@@ -151,6 +160,23 @@ class NSFWClassifier:
         view.max_bytes = self.max_bytes if max_bytes is None else max_bytes
         view.frames = self.frames if frames is None else frames
         return view
+
+    def optimize(self, mode: str = "auto", batch_size: int = 16) -> str:
+        """Speed up the forward pass (see :mod:`nsfw_space.optimize`); returns the mode in use.
+
+        With ``compile``, smaller batches are padded to ``batch_size`` so one compiled shape serves.
+        """
+        from .optimize import build_forward, resolve_mode
+
+        wanted = resolve_mode(mode, self.device)
+        height, width = self._input_size
+        rows = 1 if wanted == "jit" else batch_size
+        probe = torch.randn(rows, 3, height, width, generator=torch.Generator().manual_seed(0))
+        forward, self.optimization = build_forward(self.model, wanted, probe.to(self.device, self.dtype))
+        self._single_forward = forward if self.optimization == "jit" else eager_forward(self.model)
+        self._batch_forward = forward if self.optimization == "compile" else eager_forward(self.model)
+        self._pad_to = batch_size if self.optimization == "compile" else 0
+        return self.optimization
 
     @property
     def precision(self) -> str:
@@ -184,9 +210,14 @@ class NSFWClassifier:
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """A batch of preprocessed images (N, 3, H, W) -> label probabilities (N, labels)."""
+        count = len(pixels)
+        forward = self._single_forward if count == 1 else self._batch_forward
+        if forward is self._batch_forward and self._pad_to and count < self._pad_to:
+            padding = np.zeros((self._pad_to - count, *pixels.shape[1:]), dtype=pixels.dtype)
+            pixels = np.concatenate([pixels, padding])
         tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
         with self._lock, torch.inference_mode():
-            logits = self.model(pixel_values=tensor).logits
+            logits = forward(tensor)[:count]
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
     def make_prediction(self, probs: np.ndarray, source: str | None = None) -> Prediction:
@@ -235,11 +266,16 @@ class NSFWClassifier:
     ) -> Iterator[tuple[ImageSource, Prediction | InvalidImageError]]:
         """Yield ``(source, Prediction or InvalidImageError)`` in input order, batching frames.
 
-        Decoding and preprocessing run on ``workers`` threads (PIL releases the GIL) a couple of
-        batches ahead of the model, so the model rarely waits for a file.
+        Decoding and preprocessing run on ``workers`` threads (PIL releases the GIL). On a GPU they
+        run a couple of batches ahead, overlapped with the model. On the CPU the two would fight
+        for the same cores (the model's threads stall whenever a decoder preempts one of them), so
+        there each batch is decoded on all cores, then scored on all cores: measured faster on
+        2 cores (see ``python -m nsfw_space bench``).
         """
         batch_size = max(1, int(batch_size))
-        workers = workers or _default_workers()
+        overlap = self.device.type != "cpu"
+        workers = workers or (_default_workers() if overlap else (os.cpu_count() or 1))
+        lookahead = 2 * batch_size if overlap else batch_size
         pending: deque[tuple[ImageSource, Future]] = deque()
         ready: list[tuple[ImageSource, np.ndarray | InvalidImageError]] = []
         frames_ready = 0
@@ -247,7 +283,8 @@ class NSFWClassifier:
             iterator = iter(sources)
             exhausted = False
             while True:
-                while not exhausted and len(pending) < 2 * batch_size:
+                refill = overlap or not pending  # on the CPU: the next batch only once this one is scored
+                while refill and not exhausted and len(pending) < lookahead:
                     try:
                         source = next(iterator)
                     except StopIteration:

@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .config import DEFAULT_MODEL, Settings
@@ -90,7 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--max-seconds", type=float, default=300.0, help="stop after this long (default 300)")
     load.set_defaults(run=_run_loadtest)
 
-    for sub in (scan, serve, load):
+    bench = commands.add_parser(
+        "bench", help="the model card's snippet and this package side by side (speed, scores, memory)"
+    )
+    bench.add_argument("--model", "-m", default=None, help="model directory (default: a random ViT-B/16)")
+    bench.add_argument("--images", type=_positive_int, default=64, help="JPEGs of mixed sizes (default 64)")
+    bench.add_argument("--rounds", type=_positive_int, default=2, help="alternating rounds (default 2)")
+    bench.add_argument("--batch-size", type=_positive_int, default=16, help="our batch size (default 16)")
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    bench.add_argument("--compile", action="store_true", help="also time torch.compile (slow warm-up)")
+    bench.add_argument("--api", action="store_true", help="also time /classify through gradio_client")
+    bench.add_argument("--api-calls", type=_positive_int, default=30, help="calls per server (default 30)")
+    bench.add_argument("--workdir", default=None, help="keep the generated model and images here")
+    bench.set_defaults(run=_run_bench)
+
+    for sub in (scan, serve, load, bench):
         sub.add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
     return parser
 
@@ -175,6 +191,36 @@ def _run_loadtest(args: argparse.Namespace) -> int:
             process.terminate()
             process.wait(timeout=30)
     print(format_report(results, args.users))
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .benchmark import ensure_benchmark_model, run_api_benchmark, run_benchmark
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="nsfw-bench-")
+    model = args.model or ensure_benchmark_model(Path(workdir))
+    print(
+        run_benchmark(
+            model_dir=model,
+            images=args.images,
+            rounds=args.rounds,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            device=args.device,
+            compile_model=args.compile,
+            workdir=workdir,
+        ),
+        flush=True,
+    )
+    if args.api:
+        print()
+        print(
+            run_api_benchmark(
+                model_dir=model, calls=args.api_calls, precision=args.precision, workdir=workdir
+            )
+        )
     return 0
 
 

@@ -27,6 +27,8 @@ class Settings:
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ..."""
     precision: str = "auto"
     """``auto``, ``fp32``, ``bf16`` or ``fp16``."""
+    optimize: str = "auto"
+    """``auto`` (TorchScript + oneDNN fusion on the CPU, plain on a GPU), ``none``, ``jit``, ``compile``."""
     nsfw_labels: str = ""
     """Comma-separated label names that count as NSFW; empty means found by name."""
     threshold: float = 0.5
@@ -78,6 +80,10 @@ class Settings:
         for name in ("batch_size", "max_batch_size", "max_pixels", "queue_size", "concurrency", "frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"NSFW_SPACE_{name.upper()} must be at least 1.")
+        if self.optimize not in ("auto", "none", "jit", "compile"):
+            raise ConfigError(
+                f"NSFW_SPACE_OPTIMIZE must be auto, none, jit or compile, got {self.optimize!r}."
+            )
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(
                 f"NSFW_SPACE_PRECISION must be auto, fp32, bf16 or fp16, got {self.precision!r}."

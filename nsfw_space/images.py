@@ -188,7 +188,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             f"The image has far more pixels than the limit of {max_pixels / 1e6:.0f} megapixels "
             "(a decompression bomb, or a huge scan). Resize it and try again."
         ) from None
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - any parser failure on a header means a damaged file
         if "truncated" in str(err).lower():
             raise InvalidImageError(
                 "The image file is truncated: it ends inside its header, so no picture can be "
@@ -232,7 +232,7 @@ def _decode(
             if draft_size is not None and partial.format == "JPEG":
                 partial.draft("RGB", draft_size)
             partial.load()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - any decoder failure here means unrecoverable
             raise InvalidImageError(_damaged_message(err)) from None
         finally:
             ImageFile.LOAD_TRUNCATED_IMAGES = previous
@@ -279,7 +279,7 @@ def _frame_to_rgb(frame: Image.Image) -> Image.Image:
         transposed = ImageOps.exif_transpose(frame)
         if transposed is not None:
             frame = transposed
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the picture
         logger.debug("ignored unreadable EXIF orientation")
     try:
         return to_rgb(frame)

@@ -111,6 +111,6 @@ def _wait_for_client(url: str, process: subprocess.Popen, timeout: float = 90) -
             raise AssertionError(f"app.py exited early:\n{process.stdout.read()}")
         try:
             return Client(url, verbose=False)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the server is not up yet
             time.sleep(0.5)
     raise AssertionError("app.py did not start in time")

@@ -1,0 +1,150 @@
+"""The fast paths: every one agrees with the model card's fp32 snippet; shared forward passes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from nsfw_space import InvalidImageError, NSFWClassifier
+from nsfw_space.batching import DynamicBatcher
+from nsfw_space.testing import jpeg_bytes, varied_image
+from tests.test_classifier import card_pipeline_scores
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """JPEGs from small to phone-camera size, where draft-mode decoding kicks in."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for seed, size in enumerate([(640, 480), (1920, 1080), (3264, 2448), (4032, 3024), (300, 900)]):
+        path = folder / f"photo{seed}.jpg"
+        small = varied_image(40 + seed, (size[0] // 4, size[1] // 4))
+        path.write_bytes(jpeg_bytes(small.resize(size), quality=90))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def card_scores(model_dir, photos):
+    return {str(path): card_pipeline_scores(model_dir, path)["nsfw"] for path in photos}
+
+
+def test_card_scores_really_vary(card_scores):
+    assert max(card_scores.values()) - min(card_scores.values()) > 0.2
+
+
+@pytest.mark.parametrize(
+    ("precision", "optimize"), [("fp32", "none"), ("fp32", "jit"), ("bf16", "none"), ("bf16", "jit")]
+)
+def test_fast_paths_stay_within_001_of_the_card(model_dir, photos, card_scores, precision, optimize):
+    clf = NSFWClassifier.from_pretrained(str(model_dir), device="cpu", precision=precision, optimize=optimize)
+    assert clf.precision == precision and clf.optimization == optimize
+    for path in photos:  # single images (the jit path) ...
+        assert clf.predict(path).nsfw_score == pytest.approx(card_scores[str(path)], abs=0.01), path
+    for prediction in clf.predict_batch(photos, batch_size=2):  # ... and batches, with draft decoding
+        assert prediction.nsfw_score == pytest.approx(card_scores[prediction.source], abs=0.01)
+
+
+def test_torch_compile_path_stays_within_001_of_the_card(model_dir, photos, card_scores):
+    clf = NSFWClassifier.from_pretrained(str(model_dir), precision="bf16", optimize="none")
+    assert clf.optimize("compile", batch_size=4) == "compile"
+    for prediction in clf.predict_batch(photos, batch_size=4):  # 4 + a padded 1
+        assert prediction.nsfw_score == pytest.approx(card_scores[prediction.source], abs=0.01)
+
+
+def test_auto_optimisation_is_jit_on_the_cpu(model_dir):
+    assert NSFWClassifier.from_pretrained(str(model_dir)).optimization == "jit"
+
+
+def test_large_jpeg_is_decoded_in_draft_mode(classifier, photos):
+    frames = classifier.load(photos[3])  # 4032x3024 -> about twice the 224 px input
+    assert frames[0].size == (1008, 756)
+    assert Image.open(photos[3]).size == (4032, 3024)
+
+
+class SlowClassifier(NSFWClassifier):
+    """The tiny model with a forward pass slow enough for requests to pile up behind it."""
+
+    def probabilities(self, pixels):
+        time.sleep(0.15)
+        return super().probabilities(pixels)
+
+
+def test_concurrent_requests_share_forward_passes_and_keep_their_own_results(classifier, photos):
+    slow = SlowClassifier(classifier.model, classifier.processor)
+    batcher = DynamicBatcher(slow, max_batch_size=8)
+    sources = [photos[i % len(photos)] for i in range(12)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(batcher.predict, sources))
+    assert max(batcher.batch_sizes) > 1 and len(batcher.batch_sizes) < len(sources)
+    assert max(batcher.batch_sizes) <= 8
+    for source, prediction in zip(sources, results, strict=True):
+        assert prediction.nsfw_score == pytest.approx(classifier.predict(source).nsfw_score, abs=1e-5)
+
+
+def test_a_bad_file_fails_only_its_own_request_in_a_shared_pass(classifier, photos):
+    slow = SlowClassifier(classifier.model, classifier.processor)
+    batcher = DynamicBatcher(slow, max_batch_size=8)
+    sources = [photos[0], b"not an image", photos[1], photos[2]]
+    outcomes = []
+    lock = threading.Lock()
+
+    def call(source):
+        try:
+            result = batcher.predict(source)
+        except InvalidImageError as err:
+            result = err
+        with lock:
+            outcomes.append((source, result))
+
+    threads = [threading.Thread(target=call, args=(s,)) for s in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    errors = [result for source, result in outcomes if isinstance(result, InvalidImageError)]
+    assert len(errors) == 1 and len(outcomes) == 4
+
+
+def test_concurrent_api_calls_with_one_bad_file(client, images, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 broken")
+    files = [images[0], images[1], bad, images[2], images[3]]
+    jobs = [client.submit(handle_file(str(path)), api_name="/classify") for path in files]
+    for path, job in zip(files, jobs, strict=True):
+        if path == bad:
+            with pytest.raises(AppError):
+                job.result(timeout=60)
+        else:
+            assert {item["label"] for item in job.result(timeout=60)["confidences"]} == {"normal", "nsfw"}
+
+
+def test_bench_command_prints_the_side_by_side_comparison(model_dir, tmp_path):
+    from tests.test_cli import run_cli
+
+    result = run_cli(
+        "bench",
+        "--model",
+        str(model_dir),
+        "--images",
+        "6",
+        "--rounds",
+        "1",
+        "--batch-size",
+        "4",
+        "--workdir",
+        str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    card = next(line for line in lines if line.startswith("model card pipeline"))
+    ours = next(line for line in lines if line.startswith("nsfw_space predict_batch"))
+    assert float(card.split()[-5]) > 0 and float(ours.split()[-5]) > 0  # images/s of each
+    assert float(ours.split()[-2]) <= 0.01  # largest score difference from the card
+    assert any(line.startswith("max |diff|") for line in lines)
