@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,15 +210,41 @@ class NSFWClassifier:
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """A batch of preprocessed images (N, 3, H, W) -> label probabilities (N, labels)."""
-        count = len(pixels)
-        forward = self._single_forward if count == 1 else self._batch_forward
-        if forward is self._batch_forward and self._pad_to and count < self._pad_to:
-            padding = np.zeros((self._pad_to - count, *pixels.shape[1:]), dtype=pixels.dtype)
-            pixels = np.concatenate([pixels, padding])
+        if len(pixels) == 1 or not self._pad_to:
+            forward = self._single_forward if len(pixels) == 1 else self._batch_forward
+            return self._run(forward, pixels)
+        # A fixed-shape forward (JIT or compiled batches): whole chunks, the last one padded.
+        chunks = []
+        for start in range(0, len(pixels), self._pad_to):
+            chunk = pixels[start : start + self._pad_to]
+            count = len(chunk)
+            if count < self._pad_to:
+                padding = np.zeros((self._pad_to - count, *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, padding])
+            chunks.append(self._run(self._batch_forward, chunk)[:count])
+        return np.concatenate(chunks)
+
+    def _run(self, forward: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndarray) -> np.ndarray:
         tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
         with self._lock, torch.inference_mode():
-            logits = forward(tensor)[:count]
+            logits = forward(tensor)
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+    def prepare_batches(self, batch_size: int) -> None:
+        """With JIT optimisation, trace one fixed-shape batch forward for ``batch_size`` (batches
+        are then padded to it). Measured 29 vs 22 images/s on ViT-B bf16, 2 cores, for about
+        600 MB more memory; only one batch shape is kept at a time."""
+        if self.optimization != "jit" or batch_size < 2 or self._pad_to == batch_size:
+            return
+        from .optimize import build_forward
+
+        height, width = self._input_size
+        probe = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
+        with self._lock:
+            self._batch_forward, self._pad_to = eager_forward(self.model), 0  # drop the old shape
+            forward, mode = build_forward(self.model, "jit", probe.to(self.device, self.dtype))
+            if mode == "jit":
+                self._batch_forward, self._pad_to = forward, batch_size
 
     def make_prediction(self, probs: np.ndarray, source: str | None = None) -> Prediction:
         """Label probabilities of one image's frames (frames, labels) -> Prediction."""
@@ -273,6 +299,7 @@ class NSFWClassifier:
         2 cores (see ``python -m nsfw_space bench``).
         """
         batch_size = max(1, int(batch_size))
+        self.prepare_batches(batch_size)
         overlap = self.device.type != "cpu"
         workers = workers or (_default_workers() if overlap else (os.cpu_count() or 1))
         lookahead = 2 * batch_size if overlap else batch_size
