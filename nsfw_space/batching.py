@@ -34,13 +34,13 @@ class DynamicBatcher:
         self._worker: threading.Thread | None = None
         self.batch_sizes: list[int] = []  # recent pass sizes, for tests and the load report
 
-    def predict(self, source: ImageSource) -> Prediction:
+    def predict(self, source: ImageSource, *, rule: str = "max", k: int = 1) -> Prediction:
         """Decode ``source`` here (raising InvalidImageError for this caller only), score it shared."""
-        pixels = self.classifier.pixels(source)
+        decoded = self.classifier.decode(source)
         future: Future = Future()
         self._ensure_worker()
-        self._queue.put((pixels, future))
-        return self.classifier.make_prediction(future.result(), source=source_name(source))
+        self._queue.put((decoded.pixels, future))
+        return self.classifier.make_prediction(future.result(), source_name(source), decoded.times, rule, k)
 
     def _ensure_worker(self) -> None:
         if self._worker is not None and self._worker.is_alive():

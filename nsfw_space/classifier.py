@@ -19,7 +19,7 @@ from PIL import Image
 from .config import DEFAULT_MODEL, Settings
 from .device import resolve_device, resolve_precision
 from .errors import InvalidImageError, ModelLoadError
-from .images import DEFAULT_MAX_PIXELS, ImageSource, describe, load_frames
+from .images import DEFAULT_MAX_PIXELS, ImageSource, describe, frame_time, load_frames
 from .loading import load_model_and_processor
 from .optimize import eager_forward
 
@@ -42,6 +42,7 @@ class Prediction:
     nsfw_score: float
     source: str | None = None
     frame_scores: tuple[float, ...] | None = field(default=None)
+    frame_times: tuple[float, ...] | None = field(default=None)
 
     @property
     def label(self) -> str:
@@ -63,7 +64,16 @@ class Prediction:
         }
         if self.frame_scores is not None:
             result["frame_scores"] = [round(value, 6) for value in self.frame_scores]
+            result["frame_times"] = [round(value, 3) for value in self.frame_times or ()]
         return result
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One input, decoded and preprocessed: (frames, 3, H, W) pixels and frame times (seconds)."""
+
+    pixels: np.ndarray
+    times: tuple[float, ...] | None = None
 
 
 class NSFWClassifier:
@@ -246,14 +256,33 @@ class NSFWClassifier:
             if mode == "jit":
                 self._batch_forward, self._pad_to = forward, batch_size
 
-    def make_prediction(self, probs: np.ndarray, source: str | None = None) -> Prediction:
-        """Label probabilities of one image's frames (frames, labels) -> Prediction."""
+    def make_prediction(
+        self,
+        probs: np.ndarray,
+        source: str | None = None,
+        times: tuple[float, ...] | None = None,
+        rule: str = "max",
+        k: int = 1,
+    ) -> Prediction:
+        """Label probabilities of one input's frames (frames, labels) -> Prediction.
+
+        Several frames are summed up by ``rule`` (``max``, ``mean`` or ``k-of-n``, see
+        :func:`nsfw_space.frames.summarise`); the scores are those of the deciding frame (the
+        frame average for ``mean``).
+        """
+        from .frames import summarise
+
         nsfw = probs[:, self.nsfw_indices].sum(axis=1)
-        worst = int(np.argmax(nsfw))
-        scores = {label: float(probs[worst, i]) for i, label in enumerate(self.labels)}
-        frame_scores = tuple(float(v) for v in nsfw) if len(probs) > 1 else None
+        summary = summarise(nsfw, rule, k)
+        row = probs.mean(axis=0) if rule == "mean" else probs[summary.frame]
+        scores = {label: float(row[i]) for i, label in enumerate(self.labels)}
+        several = len(probs) > 1
         return Prediction(
-            scores=scores, nsfw_score=float(nsfw[worst]), source=source, frame_scores=frame_scores
+            scores=scores,
+            nsfw_score=summary.score,
+            source=source,
+            frame_scores=tuple(float(v) for v in nsfw) if several else None,
+            frame_times=(times or tuple(0.0 for _ in nsfw)) if several else None,
         )
 
     def prediction_from_scores(self, scores: dict[str, float]) -> Prediction:
@@ -262,33 +291,45 @@ class NSFWClassifier:
         return Prediction(scores={label: scores.get(label, 0.0) for label in self.labels}, nsfw_score=nsfw)
 
     # -- the public doors ---------------------------------------------------------------------
-    def predict(self, source: ImageSource) -> Prediction:
-        """Classify one image (a path, bytes, PIL image or numpy array).
+    def predict(self, source: ImageSource, *, rule: str = "max", k: int = 1) -> Prediction:
+        """Classify one image (a path, bytes, PIL image or numpy array), animation or video.
 
-        An animated image is judged on up to ``frames`` evenly spaced frames: its scores are
-        those of the frame with the highest NSFW score. Raises InvalidImageError.
+        An animation or video is judged on up to ``frames`` evenly spaced frames, summed up by
+        ``rule`` (default: the worst frame). Raises InvalidImageError.
         """
-        return self.make_prediction(self.probabilities(self.pixels(source)), source=source_name(source))
+        decoded = self.decode(source)
+        probs = self.probabilities(decoded.pixels)
+        return self.make_prediction(probs, source_name(source), decoded.times, rule, k)
 
-    def pixels(self, source: ImageSource) -> np.ndarray:
-        """Decode and preprocess ``source``: (frames, 3, H, W). Raises InvalidImageError."""
-        return np.stack([self.preprocess(frame) for frame in self.load(source)])
+    def decode(self, source: ImageSource) -> Decoded:
+        """Decode and preprocess ``source`` (all its sampled frames). Raises InvalidImageError."""
+        frames = self.load(source)
+        times = tuple(frame_time(frame) for frame in frames) if len(frames) > 1 else None
+        return Decoded(np.stack([self.preprocess(frame) for frame in frames]), times)
 
-    def predict_batch(self, sources: Iterable[ImageSource], batch_size: int = 16) -> list[Prediction]:
-        """Classify many images; decoding runs in threads, overlapped with the model's passes.
+    def predict_batch(
+        self, sources: Iterable[ImageSource], batch_size: int = 16, *, rule: str = "max", k: int = 1
+    ) -> list[Prediction]:
+        """Classify many images (animations and videos summed up by ``rule``), pipelined.
 
         Raises InvalidImageError (naming the file) for the first input that cannot be read; use
         :meth:`iter_predictions` to get errors in place instead.
         """
         results = []
-        for source, outcome in self.iter_predictions(sources, batch_size=batch_size):
+        for source, outcome in self.iter_predictions(sources, batch_size=batch_size, rule=rule, k=k):
             if isinstance(outcome, InvalidImageError):
                 raise InvalidImageError(f"{describe(source)}: {outcome}") from outcome
             results.append(outcome)
         return results
 
     def iter_predictions(
-        self, sources: Iterable[ImageSource], batch_size: int = 16, workers: int | None = None
+        self,
+        sources: Iterable[ImageSource],
+        batch_size: int = 16,
+        workers: int | None = None,
+        *,
+        rule: str = "max",
+        k: int = 1,
     ) -> Iterator[tuple[ImageSource, Prediction | InvalidImageError]]:
         """Yield ``(source, Prediction or InvalidImageError)`` in input order, batching frames.
 
@@ -304,7 +345,7 @@ class NSFWClassifier:
         workers = workers or (_default_workers() if overlap else (os.cpu_count() or 1))
         lookahead = 2 * batch_size if overlap else batch_size
         pending: deque[tuple[ImageSource, Future]] = deque()
-        ready: list[tuple[ImageSource, np.ndarray | InvalidImageError]] = []
+        ready: list[tuple[ImageSource, Decoded | InvalidImageError]] = []
         frames_ready = 0
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsfw-decode") as pool:
             iterator = iter(sources)
@@ -317,37 +358,38 @@ class NSFWClassifier:
                     except StopIteration:
                         exhausted = True
                         break
-                    pending.append((source, pool.submit(self._load_pixels, source)))
+                    pending.append((source, pool.submit(self._decode_or_error, source)))
                 if not pending and not ready:
                     return
                 if pending:
                     source, future = pending.popleft()
-                    pixels = future.result()
-                    ready.append((source, pixels))
-                    if isinstance(pixels, np.ndarray):
-                        frames_ready += len(pixels)
+                    decoded = future.result()
+                    ready.append((source, decoded))
+                    if isinstance(decoded, Decoded):
+                        frames_ready += len(decoded.pixels)
                 if frames_ready >= batch_size or (not pending and ready):
-                    yield from self._score_ready(ready)
+                    yield from self._score_ready(ready, rule, k)
                     ready, frames_ready = [], 0
 
-    def _load_pixels(self, source: ImageSource) -> np.ndarray | InvalidImageError:
+    def _decode_or_error(self, source: ImageSource) -> Decoded | InvalidImageError:
         try:
-            return self.pixels(source)
+            return self.decode(source)
         except InvalidImageError as err:
             return err
 
     def _score_ready(
-        self, ready: list[tuple[ImageSource, np.ndarray | InvalidImageError]]
+        self, ready: list[tuple[ImageSource, Decoded | InvalidImageError]], rule: str, k: int
     ) -> Iterator[tuple[ImageSource, Prediction | InvalidImageError]]:
-        arrays = [pixels for _, pixels in ready if isinstance(pixels, np.ndarray)]
+        arrays = [decoded.pixels for _, decoded in ready if isinstance(decoded, Decoded)]
         probs = self.probabilities(np.concatenate(arrays)) if arrays else np.empty((0, len(self.labels)))
         offset = 0
-        for source, pixels in ready:
-            if isinstance(pixels, InvalidImageError):
-                yield source, pixels
+        for source, decoded in ready:
+            if isinstance(decoded, InvalidImageError):
+                yield source, decoded
                 continue
-            count = len(pixels)
-            yield source, self.make_prediction(probs[offset : offset + count], source=source_name(source))
+            count = len(decoded.pixels)
+            chunk = probs[offset : offset + count]
+            yield source, self.make_prediction(chunk, source_name(source), decoded.times, rule, k)
             offset += count
 
 

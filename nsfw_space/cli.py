@@ -118,6 +118,12 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--revision", default=None, help="hub revision to pin")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--optimize",
+        default=None,
+        choices=["auto", "none", "jit", "compile"],
+        help="forward-pass speed-up (default auto)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -126,6 +132,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         revision=args.revision,
         device=args.device,
         precision=args.precision,
+        optimize=args.optimize,
         threshold=getattr(args, "threshold", None),
         batch_size=getattr(args, "batch_size", None),
     )

@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Union
 
@@ -20,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImageError
+from .frames import looks_like_video, video_frames
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ ImageSource = Union[  # noqa: UP007 - a runtime alias, must work on Python 3.10
 
 DEFAULT_MAX_PIXELS = 80_000_000
 SUPPORTED_FORMATS = "JPEG, PNG, WebP, GIF, BMP, TIFF or ICO"
+FRAME_TIME = "nsfw_space_frame_time"
 BACKGROUND = (255, 255, 255)
 
 _truncated_lock = threading.Lock()
@@ -73,24 +74,43 @@ def load_frames(
 ) -> list[Image.Image]:
     """Return up to ``max_frames`` evenly spaced RGB frames of ``source`` (one for a still image)."""
     if isinstance(source, Image.Image):
-        return [_frame_to_rgb(frame) for frame in _sample_frames(source, max_frames)]
+        if is_animated(source) and max_frames > 1:
+            frames, times = _sample_frames(source, max_frames)
+            return _with_times([_frame_to_rgb(frame) for frame in frames], times)
+        return [_frame_to_rgb(source)]
     if isinstance(source, np.ndarray):
         return [array_to_image(source)]
     data = _read_source(source, max_bytes)
     try:
         image = _open(data, max_pixels)
+    except InvalidImageError:
+        if not looks_like_video(data):
+            raise
+        frames, times = video_frames(data, max_frames, max_pixels=max_pixels)
+        return _with_times([to_rgb(frame) for frame in frames], times)
+    try:
         if is_animated(image) and max_frames > 1:
-            frames = _sample_frames(image, max_frames)
-        else:
-            if draft_size is not None and image.format == "JPEG":
-                image.draft("RGB", draft_size)
-            frames = [_decode(image, data, max_pixels, draft_size)]
-        return [_frame_to_rgb(frame) for frame in frames]
+            frames, times = _sample_frames(image, max_frames)
+            return _with_times([_frame_to_rgb(frame) for frame in frames], times)
+        if draft_size is not None and image.format == "JPEG":
+            image.draft("RGB", draft_size)
+        return [_frame_to_rgb(_decode(image, data, max_pixels, draft_size))]
     except InvalidImageError:
         raise
     except Exception as err:
         logger.debug("decoder failure", exc_info=True)
         raise InvalidImageError(_damaged_message(err)) from None
+
+
+def frame_time(frame: Image.Image) -> float:
+    """The time in seconds of a frame from an animation or video (0 for a still image)."""
+    return float(frame.info.get(FRAME_TIME, 0.0))
+
+
+def _with_times(frames: list[Image.Image], times: list[float]) -> list[Image.Image]:
+    for frame, seconds in zip(frames, times, strict=True):
+        frame.info[FRAME_TIME] = seconds
+    return frames
 
 
 def sample_indices(frame_count: int, wanted: int) -> list[int]:
@@ -257,10 +277,11 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _sample_frames(image: Image.Image, max_frames: int) -> Sequence[Image.Image]:
-    if not is_animated(image) or max_frames <= 1:
-        return [image]
-    frames = []
+def _sample_frames(image: Image.Image, max_frames: int) -> tuple[list[Image.Image], list[float]]:
+    """Evenly spaced frames of an animation and their (approximate) times in seconds."""
+    frames: list[Image.Image] = []
+    indices: list[int] = []
+    durations: list[float] = []
     for index in sample_indices(image.n_frames, max_frames):
         try:
             with warnings.catch_warnings():
@@ -271,7 +292,10 @@ def _sample_frames(image: Image.Image, max_frames: int) -> Sequence[Image.Image]
             if not frames:
                 raise InvalidImageError(_damaged_message(err)) from None
             break  # keep the frames decoded before the damage
-    return frames
+        indices.append(index)
+        durations.append(float(image.info.get("duration") or 100) / 1000)
+    step = sum(durations) / len(durations)  # frames may differ in delay; this is their mean
+    return frames, [index * step for index in indices]
 
 
 def _frame_to_rgb(frame: Image.Image) -> Image.Image:
@@ -313,8 +337,6 @@ def _not_an_image_reason(data: bytes) -> str:
         kind = "an SVG drawing (vector graphics are not supported; export it as PNG)"
     elif head.startswith((b"<!doctype html", b"<html")) or b"<html" in head:
         kind = "an HTML page"
-    elif head[:12].startswith(b"\x1a\x45\xdf\xa3") or data[4:8] == b"ftyp":
-        kind = "a video (use the video input or the scan command)"
     elif _looks_like_text(data[:512]):
         kind = "a text file"
     else:
