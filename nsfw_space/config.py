@@ -47,6 +47,8 @@ class Settings:
     """Requests the Space works on at once (decoding in parallel, model passes shared)."""
     cache_minutes: int = 10
     """Uploaded files are deleted from the server after about this many minutes."""
+    max_batch_files: int = 100
+    """Most files one batch request may hold."""
     frames: int = 8
     """Frames sampled from an animated image or a video."""
     allow_urls: bool = True
@@ -77,7 +79,15 @@ class Settings:
         """Raise ConfigError for values that cannot work."""
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"NSFW_SPACE_THRESHOLD must be between 0 and 1, got {self.threshold}.")
-        for name in ("batch_size", "max_batch_size", "max_pixels", "queue_size", "concurrency", "frames"):
+        for name in (
+            "batch_size",
+            "max_batch_size",
+            "max_pixels",
+            "queue_size",
+            "concurrency",
+            "frames",
+            "max_batch_files",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"NSFW_SPACE_{name.upper()} must be at least 1.")
         if self.optimize not in ("auto", "none", "jit", "compile"):

@@ -7,18 +7,25 @@ Stable endpoints: ``/classify`` (image -> label dict) and ``/moderate`` (image, 
 from __future__ import annotations
 
 import base64
+import csv
 import logging
 import os
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from PIL import Image, ImageFilter
 
 from .batching import DynamicBatcher
 from .classifier import NSFWClassifier, Prediction
 from .config import Settings
 from .device import gpu_task, on_zero_gpu
 from .errors import InvalidImageError
+from .fetch import fetch_image_bytes
+from .frames import RULES
+from .images import load_image
 from .loading import HUB_ID
 
 logger = logging.getLogger(__name__)
@@ -41,59 +48,159 @@ CSS = """
 
 
 def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> gr.Blocks:
-    """The whole page: image input, label bars, threshold and verdict, examples, and the API."""
+    """The whole page: single image, batch and GIF/video views, examples, and the named API."""
     settings = settings or Settings()
     classifier = classifier.with_limits(
         max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes, frames=settings.frames
     )
     handlers = Handlers(classifier, settings)
     examples = example_paths()
+    bar_count = len(classifier.labels)
 
     with gr.Blocks(title="NSFW image moderation", delete_cache=cache_schedule(settings)) as demo:
         gr.Markdown(intro_markdown(classifier))
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=300):
-                image = gr.Image(
-                    type="filepath",
-                    image_mode=None,
-                    sources=["upload", "webcam", "clipboard"],
-                    label="Image (drop, paste or use the webcam)",
-                    elem_id="image-input",
-                    height=360,
+        with gr.Row(equal_height=True):
+            threshold = gr.Slider(
+                0.0,
+                1.0,
+                value=settings.threshold,
+                step=0.01,
+                label="Threshold: flag as NSFW when the nsfw score is at least",
+                elem_id="threshold",
+                scale=3,
+            )
+            gr.Checkbox(label="Show flagged images unblurred", value=False, elem_id="reveal", scale=1)
+        with gr.Tabs():
+            with gr.Tab("Image", id="image-tab"), gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=300):
+                    image = gr.Image(
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "webcam", "clipboard"],
+                        label="Image (drop, paste or use the webcam)",
+                        elem_id="image-input",
+                        height=360,
+                    )
+                    with gr.Row(equal_height=True):
+                        url = gr.Textbox(
+                            label="…or an image URL (http/https)",
+                            placeholder="https://example.com/photo.jpg",
+                            elem_id="image-url",
+                            scale=4,
+                        )
+                        url_button = gr.Button("Check URL", elem_id="url-button", scale=1)
+                with gr.Column(scale=1, min_width=300):
+                    verdict = gr.HTML(verdict_html(None, settings.threshold), elem_id="verdict")
+                    label = gr.Label(
+                        num_top_classes=bar_count, label="Label probabilities", elem_id="label-bars"
+                    )
+                    with gr.Accordion(
+                        "Moderation result (JSON, as the /moderate API returns it)", open=False
+                    ):
+                        details = gr.JSON(label="Result", elem_id="details")
+            with gr.Tab("Batch", id="batch-tab"):
+                with gr.Row(equal_height=False):
+                    batch_files = gr.File(
+                        file_count="multiple",
+                        label=f"Images, GIFs or videos (up to {settings.max_batch_files})",
+                        elem_id="batch-files",
+                    )
+                    batch_urls = gr.Textbox(
+                        label="…and/or image URLs, one per line", lines=5, elem_id="batch-urls"
+                    )
+                batch_button = gr.Button("Check all", variant="primary", elem_id="batch-button")
+                batch_table = gr.Dataframe(
+                    headers=["file", "label", "nsfw score", "verdict"],
+                    label="Results",
+                    interactive=False,
+                    wrap=True,
+                    elem_id="batch-table",
                 )
-                gr.Checkbox(label="Show flagged images unblurred", value=False, elem_id="reveal")
-            with gr.Column(scale=1, min_width=300):
-                verdict = gr.HTML(verdict_html(None, settings.threshold), elem_id="verdict")
-                threshold = gr.Slider(
-                    0.0,
-                    1.0,
-                    value=settings.threshold,
-                    step=0.01,
-                    label="Threshold: flag as NSFW when the nsfw score is at least",
-                    elem_id="threshold",
+                batch_csv = gr.File(label="Results as CSV", elem_id="batch-csv")
+                batch_gallery = gr.Gallery(
+                    label="Thumbnails (flagged ones blurred)",
+                    columns=6,
+                    height="auto",
+                    elem_id="batch-gallery",
                 )
-                label = gr.Label(
-                    num_top_classes=len(classifier.labels), label="Label probabilities", elem_id="label-bars"
-                )
-                with gr.Accordion("Moderation result (JSON, as the /moderate API returns it)", open=False):
-                    details = gr.JSON(label="Result", elem_id="details")
+                batch_json = gr.JSON(visible=False)
+            with gr.Tab("GIF / video", id="video-tab"), gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=300):
+                    media = gr.File(
+                        label="Animated GIF/WebP or a short video (mp4, webm, mov)",
+                        file_types=[".gif", ".webp", ".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"],
+                        elem_id="media-file",
+                    )
+                    rule = gr.Radio(
+                        [
+                            ("worst frame (max)", "max"),
+                            ("average (mean)", "mean"),
+                            ("at least k frames", "k-of-n"),
+                        ],
+                        value="max",
+                        label="Sum the frames up by",
+                        elem_id="frame-rule",
+                    )
+                    with gr.Row():
+                        min_frames = gr.Number(
+                            value=2, minimum=1, precision=0, label="k", elem_id="min-frames"
+                        )
+                        frame_count = gr.Slider(
+                            1,
+                            64,
+                            value=settings.frames,
+                            step=1,
+                            label="frames sampled",
+                            elem_id="frame-count",
+                        )
+                    media_button = gr.Button("Check frames", variant="primary", elem_id="media-button")
+                with gr.Column(scale=1, min_width=300):
+                    media_verdict = gr.HTML(verdict_html(None, settings.threshold), elem_id="media-verdict")
+                    media_plot = gr.LinePlot(
+                        x="time (s)",
+                        y="nsfw score",
+                        color="series",
+                        y_lim=[0, 1],
+                        label="nsfw score over time",
+                        elem_id="media-plot",
+                    )
+                    media_json = gr.JSON(label="Result", elem_id="media-json")
         if examples:
             gr.Examples(
                 examples=[[str(path)] for path in examples], inputs=[image], label="Examples (safe for work)"
             )
         gr.Markdown(footer_markdown(classifier))
 
-        # API-only door: same scoring, JSON out. Hidden button so the page stays simple.
-        moderate_button = gr.Button("Moderate", visible=False)
-        moderate_button.click(
+        # --- the named API (stable) -------------------------------------------------------
+        api_button = gr.Button(visible=False)
+        api_button.click(
             handlers.moderate,
-            inputs=[image, threshold],
+            inputs=[image, threshold, url],
             outputs=details,
             api_name="moderate",
             preprocess=False,
             concurrency_id="model",
         )
+        batch_api = gr.Button(visible=False)
+        batch_api.click(
+            handlers.moderate_batch,
+            inputs=[batch_files, threshold, batch_urls],
+            outputs=batch_json,
+            api_name="moderate_batch",
+            preprocess=False,
+            concurrency_id="model",
+        )
+        frames_api = gr.Button(visible=False)
+        frames_api.click(
+            handlers.moderate_frames,
+            inputs=[media, threshold, rule, min_frames, frame_count],
+            outputs=media_json,
+            api_name="moderate_frames",
+            preprocess=False,
+            concurrency_id="model",
+        )
 
+        # --- the page's own events ----------------------------------------------------------
         image.change(
             lambda value, limit: (verdict_html("pending" if value else None, limit), None),
             inputs=[image, threshold],
@@ -118,6 +225,14 @@ def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> 
             queue=False,
             show_progress="hidden",
         )
+        gr.on(
+            [url_button.click, url.submit],
+            handlers.url_view,
+            inputs=[url, threshold],
+            outputs=[label, verdict, details],
+            api_visibility="private",
+            concurrency_id="model",
+        )
         threshold.change(
             handlers.verdict_from_label,
             inputs=[label, threshold],
@@ -125,6 +240,22 @@ def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> 
             api_visibility="private",
             queue=False,
             show_progress="hidden",
+        )
+        media_button.click(
+            handlers.frames_view,
+            inputs=[media, threshold, rule, min_frames, frame_count],
+            outputs=[media_verdict, media_plot, media_json],
+            api_visibility="private",
+            preprocess=False,
+            concurrency_id="model",
+        )
+        batch_button.click(
+            handlers.batch_view,
+            inputs=[batch_files, threshold, batch_urls],
+            outputs=[batch_table, batch_csv, batch_gallery],
+            api_visibility="private",
+            preprocess=False,
+            concurrency_id="model",
         )
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     return demo
@@ -157,10 +288,13 @@ class Handlers:
         self.settings = settings
         if on_zero_gpu():  # the GPU exists only inside the request's own spaces.GPU call
             self._predict = gpu_task(classifier.predict)
+            self._score_all = gpu_task(self._score_sources)
         else:
             self.batcher = DynamicBatcher(classifier, settings.max_batch_size)
             self._predict = self.batcher.predict
+            self._score_all = self._score_sources
 
+    # --- API endpoints (their docstrings are the API's and the MCP tools' descriptions) ------
     def classify(self, image: Any) -> dict[str, float] | None:
         """Score one image: returns every label of the model with its probability.
 
@@ -169,22 +303,102 @@ class Handlers:
         """
         if image is None:
             return None
-        return self._run(image).scores
+        return self._run(payload_source(image)).scores
 
-    def moderate(self, image: Any, threshold: float | None = None) -> dict[str, Any]:
-        """Moderate one image against a threshold.
+    def moderate(self, image: Any, threshold: float | None = None, url: str | None = None) -> dict[str, Any]:
+        """Moderate one image (an upload, or an http/https URL) against a threshold.
 
         Args:
-            image: the image to check (JPEG, PNG, WebP, GIF, BMP, TIFF or ICO).
+            image: the image to check (JPEG, PNG, WebP, GIF, BMP, TIFF or ICO); may be empty when url is given.
             threshold: flag the image when its nsfw score is at least this (0 to 1; default 0.5).
+            url: an http(s) URL of an image, used when no image is uploaded.
         Returns:
             label, scores (every label's probability), nsfw_score, is_nsfw and threshold.
         """
-        if image is None:
-            raise gr.Error("No image was given. Upload an image and try again.", print_exception=False)
         limit = _threshold(threshold, self.settings.threshold)
-        return self._run(image).to_dict(limit)
+        if image is not None:
+            source = payload_source(image)
+        elif url and url.strip():
+            source = self._fetch(url)
+        else:
+            raise gr.Error("No image was given. Upload an image or give its URL.", print_exception=False)
+        return self._run(source).to_dict(limit)
 
+    def moderate_batch(
+        self, files: Any, threshold: float | None = None, urls: str | None = None, progress: Any = None
+    ) -> list[dict[str, Any]]:
+        """Moderate many images, GIFs or videos (uploads and/or http/https URLs) at once.
+
+        Args:
+            files: the files to check.
+            threshold: flag a file when its nsfw score is at least this (0 to 1; default 0.5).
+            urls: image URLs, one per line.
+        Returns:
+            one entry per file, in order: file, label, scores, nsfw_score, is_nsfw, threshold, error.
+        """
+        limit = _threshold(threshold, self.settings.threshold)
+        named = [(name, source) for name, source in self._batch_sources(files, urls)]
+        if not named:
+            raise gr.Error("No files were given. Add images (or URLs) and try again.", print_exception=False)
+        if len(named) > self.settings.max_batch_files:
+            raise gr.Error(
+                f"{len(named)} files were given; at most {self.settings.max_batch_files} are checked at once. "
+                "Split them into smaller batches, or use `nsfw-space scan` for folders.",
+                print_exception=False,
+            )
+        outcomes = self._score_all([source for _, source in named], progress)
+        rows = []
+        for (name, _), outcome in zip(named, outcomes, strict=True):
+            if isinstance(outcome, Prediction):
+                rows.append({"file": name, **outcome.to_dict(limit), "error": ""})
+            else:
+                rows.append(
+                    {
+                        "file": name,
+                        "label": None,
+                        "scores": None,
+                        "nsfw_score": None,
+                        "is_nsfw": None,
+                        "threshold": limit,
+                        "error": str(outcome),
+                    }
+                )
+        return rows
+
+    def moderate_frames(
+        self, media: Any, threshold: float | None = None, rule: str = "max", k: float = 1, frames: float = 8
+    ) -> dict[str, Any]:
+        """Moderate an animated GIF/WebP or a short video from evenly spaced frames.
+
+        Args:
+            media: the GIF, WebP or video file (mp4, webm, mov, mkv, avi).
+            threshold: flag when the summed-up nsfw score is at least this (0 to 1; default 0.5).
+            rule: how frames are summed up: max (worst frame), mean, or k-of-n (at least k frames).
+            k: for k-of-n, how many frames must reach the threshold.
+            frames: how many frames to sample (1 to 64).
+        Returns:
+            label, scores, nsfw_score, is_nsfw, threshold, rule, k, frame_scores and frame_times.
+        """
+        if media is None:
+            raise gr.Error("No file was given. Upload a GIF or a video.", print_exception=False)
+        limit = _threshold(threshold, self.settings.threshold)
+        if rule not in RULES:
+            raise gr.Error(f"The rule must be one of {', '.join(RULES)}.", print_exception=False)
+        count = int(min(64, max(1, int(frames or self.settings.frames))))
+        at_least = max(1, int(k or 1))
+        view = self.classifier.with_limits(frames=count)
+        predict = gpu_task(view.predict) if on_zero_gpu() else view.predict
+        try:
+            prediction = predict(payload_source(media), rule=rule, k=at_least)
+        except InvalidImageError as err:
+            raise gr.Error(str(err), title="This file can't be checked", print_exception=False) from None
+        result = prediction.to_dict(limit)
+        result.update(rule=rule, k=at_least)
+        result.setdefault("frame_scores", [round(prediction.nsfw_score, 6)])
+        result.setdefault("frame_times", [0.0])
+        return result
+
+    # --- page-only views -------------------------------------------------------------------------
     def verdict_from_label(self, label: Any, threshold: float | None) -> tuple[str, Any]:
         """Recompute the verdict from the bars already shown (no model call)."""
         limit = _threshold(threshold, self.settings.threshold)
@@ -194,12 +408,165 @@ class Handlers:
         prediction = self.classifier.prediction_from_scores(scores)
         return verdict_html(prediction, limit), prediction.to_dict(limit)
 
-    def _run(self, image: Any) -> Prediction:
-        source = payload_source(image)
+    def url_view(self, url: str, threshold: float | None) -> tuple[dict[str, float], str, dict[str, Any]]:
+        """The image tab's URL box: bars, verdict and JSON for the image at ``url``."""
+        limit = _threshold(threshold, self.settings.threshold)
+        if not (url or "").strip():
+            raise gr.Error("Type or paste an image URL first.", print_exception=False)
+        prediction = self._run(self._fetch(url))
+        return prediction.scores, verdict_html(prediction, limit), prediction.to_dict(limit)
+
+    def batch_view(
+        self,
+        files: Any,
+        threshold: float | None,
+        urls: str | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's idiom for a progress bar
+    ) -> tuple[list[list[Any]], str, list[tuple[Image.Image, str]]]:
+        """The batch tab: a results table, the table as CSV, and thumbnails (flagged ones blurred)."""
+        rows = self.moderate_batch(files, threshold, urls, progress)
+        table = [
+            [
+                row["file"],
+                row["label"] or "",
+                "" if row["nsfw_score"] is None else f"{row['nsfw_score']:.3f}",
+                _verdict_word(row),
+            ]
+            for row in rows
+        ]
+        csv_path = write_csv(rows, self.classifier.labels)
+        sources = dict(self._batch_sources(files, None))
+        gallery = []
+        for row in rows:
+            source = sources.get(row["file"])
+            if source is None or row["error"]:
+                continue
+            gallery.append(
+                (thumbnail(source, blur=bool(row["is_nsfw"])), f"{row['file']}: {_verdict_word(row)}")
+            )
+        return table, csv_path, gallery
+
+    def frames_view(
+        self, media: Any, threshold: float | None, rule: str, k: float, frames: float
+    ) -> tuple[str, Any, dict[str, Any]]:
+        """The GIF/video tab: verdict, the nsfw score over time (with the threshold), and the JSON."""
+        import pandas as pd
+
+        result = self.moderate_frames(media, threshold, rule, k, frames)
+        limit = result["threshold"]
+        times, scores = result["frame_times"], result["frame_scores"]
+        plot = pd.DataFrame(
+            {
+                "time (s)": [*times, times[0], times[-1]],
+                "nsfw score": [*scores, limit, limit],
+                "series": ["nsfw score"] * len(scores) + ["threshold"] * 2,
+            }
+        )
+        prediction = Prediction(scores=result["scores"], nsfw_score=result["nsfw_score"])
+        return verdict_html(prediction, limit, rule=rule, k=result["k"]), plot, result
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _run(self, source: str | bytes) -> Prediction:
         try:
             return self._predict(source)
         except InvalidImageError as err:
             raise gr.Error(str(err), title="This file can't be checked", print_exception=False) from None
+
+    def _fetch(self, url: str) -> bytes:
+        if not self.settings.allow_urls:
+            raise gr.Error("This Space does not fetch URLs; upload the image instead.", print_exception=False)
+        try:
+            return fetch_image_bytes(
+                url,
+                max_bytes=self.settings.max_file_bytes,
+                timeout=self.settings.url_timeout,
+                allow_private=self.settings.allow_private_urls,
+            )
+        except InvalidImageError as err:
+            raise gr.Error(str(err), title="This URL can't be checked", print_exception=False) from None
+
+    def _batch_sources(
+        self, files: Any, urls: str | None
+    ) -> list[tuple[str, str | bytes | InvalidImageError]]:
+        named: list[tuple[str, str | bytes | InvalidImageError]] = []
+        for item in files or []:
+            payload = item.model_dump() if hasattr(item, "model_dump") else item
+            name = (payload.get("orig_name") if isinstance(payload, dict) else None) or Path(
+                str(payload.get("path") if isinstance(payload, dict) else payload)
+            ).name
+            named.append((_unique(name, named), payload_source(payload)))
+        for line in (urls or "").splitlines():
+            if line.strip():
+                try:
+                    source: str | bytes | InvalidImageError = self._fetch(line.strip())
+                except gr.Error as err:
+                    source = InvalidImageError(err.message)
+                named.append((_unique(line.strip(), named), source))
+        return named
+
+    def _score_sources(
+        self, sources: list[Any], progress: Any = None
+    ) -> list[Prediction | InvalidImageError]:
+        outcomes: list[Prediction | InvalidImageError] = []
+        readable = [s for s in sources if not isinstance(s, InvalidImageError)]
+        results = iter(self.classifier.iter_predictions(readable, batch_size=self.settings.batch_size))
+        for index, source in enumerate(sources):
+            if isinstance(source, InvalidImageError):
+                outcomes.append(source)
+            else:
+                outcomes.append(next(results)[1])
+            if progress is not None:
+                progress((index + 1, len(sources)), desc="Checking", unit="files")
+        return outcomes
+
+
+def _unique(name: str, taken: list[tuple[str, Any]]) -> str:
+    names = {existing for existing, _ in taken}
+    if name not in names:
+        return name
+    counter = 2
+    while f"{name} ({counter})" in names:
+        counter += 1
+    return f"{name} ({counter})"
+
+
+def _verdict_word(row: dict[str, Any]) -> str:
+    if row.get("error"):
+        return f"error: {row['error']}"
+    return "NSFW" if row["is_nsfw"] else "safe"
+
+
+def thumbnail(source: str | bytes, size: int = 256, blur: bool = False) -> Image.Image:
+    """A small preview; blurred beyond recognition when ``blur`` (for flagged files)."""
+    frame = load_image(source, draft_size=(size, size))
+    frame.thumbnail((size, size))
+    if blur:
+        frame = frame.filter(ImageFilter.GaussianBlur(radius=max(8, size // 10)))
+    return frame
+
+
+def write_csv(rows: list[dict[str, Any]], labels: list[str]) -> str:
+    """The batch results as a CSV file in Gradio's cache folder (deleted with the uploads)."""
+    folder = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio") / "nsfw-space"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"moderation-{uuid.uuid4().hex[:12]}.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", *labels, "nsfw_score", "is_nsfw", "threshold", "error"])
+        for row in rows:
+            scores = row.get("scores") or {}
+            writer.writerow(
+                [
+                    row["file"],
+                    row["label"] or "",
+                    *[scores.get(label, "") for label in labels],
+                    "" if row["nsfw_score"] is None else row["nsfw_score"],
+                    "" if row["is_nsfw"] is None else row["is_nsfw"],
+                    row["threshold"],
+                    row["error"],
+                ]
+            )
+    return str(path)
 
 
 def payload_source(payload: Any) -> str | bytes:
@@ -230,7 +597,7 @@ def label_scores(label: Any) -> dict[str, float]:
     return {str(name): float(value) for name, value in label.items() if isinstance(value, (int, float))}
 
 
-def verdict_html(prediction: Prediction | str | None, threshold: float) -> str:
+def verdict_html(prediction: Prediction | str | None, threshold: float, rule: str = "", k: int = 1) -> str:
     """The plain verdict line under the image."""
     if prediction is None:
         return '<div class="verdict verdict-empty">Drop, paste or capture an image to check it.</div>'
@@ -238,13 +605,16 @@ def verdict_html(prediction: Prediction | str | None, threshold: float) -> str:
         return '<div class="verdict verdict-pending">Checking the image…</div>'
     assert isinstance(prediction, Prediction)
     score = prediction.nsfw_score
+    how = {"max": " (worst frame)", "mean": " (frame average)", "k-of-n": f" (at least {k} frames)"}.get(
+        rule, ""
+    )
     if prediction.is_nsfw(threshold):
         return (
-            f'<div class="verdict verdict-nsfw"><strong>Flagged as NSFW</strong>: nsfw score {score:.2f} '
+            f'<div class="verdict verdict-nsfw"><strong>Flagged as NSFW</strong>: nsfw score{how} {score:.2f} '
             f"is at or above the threshold {threshold:.2f}. The preview stays blurred.</div>"
         )
     return (
-        f'<div class="verdict verdict-normal"><strong>Looks safe</strong>: nsfw score {score:.2f} '
+        f'<div class="verdict verdict-normal"><strong>Looks safe</strong>: nsfw score{how} {score:.2f} '
         f"is below the threshold {threshold:.2f}.</div>"
     )
 
