@@ -69,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scan.add_argument("--output", "-o", default=None, help="FILE.csv or FILE.jsonl (default: CSV on stdout)")
     scan.add_argument("--resume", action="store_true", help="skip files already in --output and append")
+    scan.add_argument(
+        "--frame-rule",
+        choices=["max", "mean", "k-of-n"],
+        default="max",
+        help="how GIF/video frames are summed up",
+    )
+    scan.add_argument(
+        "--min-frames", type=_positive_int, default=2, help="k, for --frame-rule k-of-n (default 2)"
+    )
     scan.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     scan.set_defaults(run=_run_scan)
 
@@ -153,6 +162,8 @@ def _run_scan(args: argparse.Namespace) -> int:
         output=args.output,
         resume=args.resume,
         progress=not args.quiet,
+        rule=args.frame_rule,
+        k=args.min_frames,
     )
     seconds = time.perf_counter() - started
     rate = summary.files / seconds if seconds > 0 else 0.0

@@ -97,6 +97,8 @@ def scan(
     output: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    rule: str = "max",
+    k: int = 1,
 ) -> ScanSummary:
     """Score every file under ``paths`` and write a row each; unreadable files get an error row."""
     fmt = output_format(output)
@@ -118,7 +120,7 @@ def scan(
     with target as handle:
         writer = RowWriter(handle, fmt, classifier.labels, write_header=not appending)
         bar = _progress(len(files), progress)
-        for source, outcome in classifier.iter_predictions(files, batch_size=batch_size):
+        for source, outcome in classifier.iter_predictions(files, batch_size=batch_size, rule=rule, k=k):
             summary.files += 1
             row = _row(str(source), outcome, classifier.labels, threshold)
             summary.flagged += 1 if row["is_nsfw"] else 0

@@ -106,3 +106,20 @@ def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def write_video(path: str | Path, frames: list[Image.Image], fps: int = 10, codec: str = "mpeg4") -> Path:
+    """Encode RGB frames (even width and height) as a video with PyAV (mp4 or webm by suffix)."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(frame.convert("RGB"))):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -56,7 +56,14 @@ def app_url(classifier, gradio_tmp):
     """The Space's page built around the tiny classifier, launched on 127.0.0.1."""
     from nsfw_space.ui import build_demo, launch_options
 
-    settings = Settings(max_file_size="2MB", max_pixels=4_000_000)
+    # allow_private_urls is the test-only door for URL tests against servers started on 127.0.0.1
+    settings = Settings(
+        max_file_size="2MB",
+        max_pixels=4_000_000,
+        allow_private_urls=True,
+        url_timeout=2.0,
+        max_batch_files=10,
+    )
     demo = build_demo(classifier, settings)
     options = launch_options(settings)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **options)
