@@ -115,7 +115,41 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workdir", default=None, help="keep the generated model and images here")
     bench.set_defaults(run=_run_bench)
 
-    for sub in (scan, serve, load, bench):
+    training = commands.add_parser(
+        "train", help="fine-tune a ViT on labelled folders (the model card's recipe)"
+    )
+    training.add_argument(
+        "data_dir", metavar="DATA_DIR", help="one subfolder per label, or train/ and test/ that hold them"
+    )
+    training.add_argument("--output-dir", "-o", required=True, help="where the trained model is written")
+    training.add_argument(
+        "--base", default="google/vit-base-patch16-224-in21k", help="base model (hub id or directory)"
+    )
+    training.add_argument("--batch-size", type=_positive_int, default=16)
+    training.add_argument("--learning-rate", type=float, default=5e-5)
+    training.add_argument("--epochs", type=float, default=3.0)
+    training.add_argument(
+        "--eval-split", type=float, default=0.2, help="share held out when there is no test/ folder"
+    )
+    training.add_argument("--seed", type=int, default=42)
+    training.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    training.set_defaults(run=_run_train)
+
+    evaluation = commands.add_parser("eval", help="metrics, a chosen threshold and plots on labelled folders")
+    evaluation.add_argument(
+        "data_dir", metavar="DATA_DIR", help="one subfolder per label (or a test/ folder of them)"
+    )
+    evaluation.add_argument("--output-dir", "-o", required=True, help="where metrics.json and the plots go")
+    _model_options(evaluation)
+    evaluation.add_argument("--target-precision", type=_unit_float, default=0.95)
+    evaluation.add_argument(
+        "--threshold", type=_unit_float, default=None, help="for precision/recall/F1 (default 0.5)"
+    )
+    evaluation.add_argument("--batch-size", type=_positive_int, default=None)
+    evaluation.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    evaluation.set_defaults(run=_run_eval)
+
+    for sub in (scan, serve, load, bench, training, evaluation):
         sub.add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
     return parser
 
@@ -240,6 +274,51 @@ def _run_bench(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training import train, training_stats_text
+
+    if not args.quiet:
+        _show_library_progress()
+    stats = train(
+        args.data_dir,
+        args.output_dir,
+        base=args.base,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        eval_split=args.eval_split,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(f"model written to {args.output_dir}\nTraining Stats:\n{training_stats_text(stats)}")
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .classifier import NSFWClassifier
+    from .evaluation import evaluate, summary_text
+
+    settings = _settings(args)
+    metrics = evaluate(
+        NSFWClassifier.from_settings(settings),
+        args.data_dir,
+        args.output_dir,
+        target_precision=args.target_precision,
+        threshold=settings.threshold,
+        batch_size=settings.batch_size,
+        progress=not args.quiet,
+    )
+    print(summary_text(metrics))
+    print(f"metrics and plots written to {args.output_dir}")
+    return 0
+
+
+def _show_library_progress() -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()
 
 
 def _positive_int(text: str) -> int:

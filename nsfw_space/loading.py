@@ -19,10 +19,11 @@ logger = logging.getLogger(__name__)
 MODEL_SETTING = "NSFW_SPACE_MODEL"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 LOCAL_HINT = (
-    f"Point {MODEL_SETTING} (or --model) at a local directory that holds config.json, model.safetensors and "
+    "Point {setting} at a local directory that holds config.json, model.safetensors and "
     "preprocessor_config.json (for example one made with `hf download` or "
     "`python -m nsfw_space train`)."
 )
+DEFAULT_SETTING = f"{MODEL_SETTING} (or --model)"
 
 
 def load_model_and_processor(
@@ -36,14 +37,10 @@ def load_model_and_processor(
     """
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    source, local_only = _locate(model, revision)
+    source, local_only = locate_for_loading(model, revision)
     kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": local_only}
     if revision and not Path(source).is_dir():
         kwargs["revision"] = revision
-    if not local_only and not _in_cache(source, kwargs):
-        reason = _hub_unreachable_reason()
-        if reason:
-            raise ModelLoadError(_message(model, revision, reason))
     try:
         classifier = AutoModelForImageClassification.from_pretrained(
             source, use_safetensors=True, dtype=dtype, **kwargs
@@ -52,12 +49,30 @@ def load_model_and_processor(
     except ModelLoadError:
         raise
     except Exception as err:
-        raise ModelLoadError(_message(model, revision, _reason(err))) from err
+        raise ModelLoadError(describe_failure(model, revision, err)) from err
     classifier.eval()
     return classifier, processor
 
 
-def _locate(model: str, revision: str | None) -> tuple[str, bool]:
+def locate_for_loading(model: str, revision: str | None, setting: str = DEFAULT_SETTING) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, local_files_only), or ModelLoadError without touching the
+    network when the directory is missing or the hub is unreachable and the model is not cached."""
+    source, local_only = _locate(model, revision, setting)
+    if not local_only and not _in_cache(source, {"revision": revision}):
+        reason = _hub_unreachable_reason()
+        if reason:
+            raise ModelLoadError(_message(model, revision, reason, setting))
+    return source, local_only
+
+
+def describe_failure(
+    model: str, revision: str | None, err: BaseException, setting: str = DEFAULT_SETTING
+) -> str:
+    """One sentence for a failed load: the model, the reason, and the setting to use instead."""
+    return _message(model, revision, _reason(err), setting)
+
+
+def _locate(model: str, revision: str | None, setting: str = DEFAULT_SETTING) -> tuple[str, bool]:
     path = Path(model).expanduser()
     if path.is_dir():
         missing = [name for name in ("config.json",) if not (path / name).is_file()]
@@ -65,15 +80,20 @@ def _locate(model: str, revision: str | None) -> tuple[str, bool]:
             if any(path.glob("*.bin")) or any(path.glob("*.pt")):
                 raise ModelLoadError(
                     _message(
-                        model, None, "it has only pickle weights (.bin); only safetensors weights are loaded"
+                        model,
+                        None,
+                        "it has only pickle weights (.bin); only safetensors weights are loaded",
+                        setting,
                     )
                 )
             missing.append("model.safetensors")
         if missing:
-            raise ModelLoadError(_message(model, None, f"the directory has no {' or '.join(missing)}"))
+            raise ModelLoadError(
+                _message(model, None, f"the directory has no {' or '.join(missing)}", setting)
+            )
         return str(path), True
     if not HUB_ID.fullmatch(model):
-        raise ModelLoadError(_message(model, None, "there is no such directory"))
+        raise ModelLoadError(_message(model, None, "there is no such directory", setting))
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     return model, offline
 
@@ -117,6 +137,6 @@ def _reason(err: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _message(model: str, revision: str | None, reason: str) -> str:
+def _message(model: str, revision: str | None, reason: str, setting: str = DEFAULT_SETTING) -> str:
     at = f" at revision {revision!r}" if revision else ""
-    return f"Could not load the model {model!r}{at}: {reason}. {LOCAL_HINT}"
+    return f"Could not load the model {model!r}{at}: {reason}. {LOCAL_HINT.format(setting=setting)}"
