@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .datasets import LabelledFiles, load_splits
-from .errors import InvalidImageError, ModelLoadError
+from .errors import ConfigError, InvalidImageError, ModelLoadError
 from .images import load_image
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,10 @@ def train(
     progress: bool = True,
 ) -> dict[str, float]:
     """Fine-tune ``base`` on ``data_dir``; write the model to ``output_dir``; return the eval stats."""
+    try:
+        import accelerate  # noqa: F401 - the Trainer needs it
+    except ImportError:
+        raise ConfigError("Training needs the accelerate package: pip install accelerate") from None
     from transformers import (
         AutoImageProcessor,
         AutoModelForImageClassification,

@@ -39,11 +39,28 @@ CSS = """
 .verdict-nsfw { background: #fde2e1; color: #7f1d1d; border: 1px solid #f5a3a0; }
 .verdict-normal { background: #dcfce7; color: #14532d; border: 1px solid #86efac; }
 .verdict-pending { background: #f1f5f9; color: #334155; border: 1px solid #cbd5e1; }
-/* Safe preview: an image stays blurred until it is known to be safe, or the user reveals it. */
+.verdict-error { background: #fef3c7; color: #78350f; border: 1px solid #fcd34d; }
+.dark .verdict-nsfw { background: #450a0a; color: #fecaca; border-color: #7f1d1d; }
+.dark .verdict-normal { background: #052e16; color: #bbf7d0; border-color: #166534; }
+.dark .verdict-pending { background: #1e293b; color: #e2e8f0; border-color: #334155; }
+.dark .verdict-error { background: #451a03; color: #fde68a; border-color: #92400e; }
+/* Safe preview: an image stays blurred until it is known to be safe, or the user reveals it.
+   SAFE_PREVIEW_JS marks the input "judged-safe" while the verdict says so. */
 #image-input img { filter: blur(28px); transition: filter 0.2s; }
-.gradio-container:has(.verdict-normal) #image-input img,
+#image-input.judged-safe img,
 .gradio-container:has(#reveal input:checked) #image-input img { filter: none; }
 #label-bars .label-name, #label-bars dd, #label-bars span { font-size: 1rem; }
+"""
+
+SAFE_PREVIEW_JS = """
+() => {
+  const sync = () => {
+    const input = document.querySelector('#image-input');
+    if (input) input.classList.toggle('judged-safe', !!document.querySelector('#verdict .verdict-normal'));
+  };
+  new MutationObserver(sync).observe(document.body, {subtree: true, childList: true, characterData: true});
+  sync();
+}
 """
 
 
@@ -81,14 +98,14 @@ def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> 
                         elem_id="image-input",
                         height=360,
                     )
-                    with gr.Row(equal_height=True):
+                    with gr.Row(equal_height=False):
                         url = gr.Textbox(
                             label="…or an image URL (http/https)",
                             placeholder="https://example.com/photo.jpg",
                             elem_id="image-url",
                             scale=4,
                         )
-                        url_button = gr.Button("Check URL", elem_id="url-button", scale=1)
+                        url_button = gr.Button("Check URL", elem_id="url-button", scale=1, min_width=100)
                 with gr.Column(scale=1, min_width=300):
                     verdict = gr.HTML(verdict_html(None, settings.threshold), elem_id="verdict")
                     label = gr.Label(
@@ -201,7 +218,7 @@ def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> 
         )
 
         # --- the page's own events ----------------------------------------------------------
-        image.change(
+        classified = image.change(
             lambda value, limit: (verdict_html("pending" if value else None, limit), None),
             inputs=[image, threshold],
             outputs=[verdict, details],
@@ -217,10 +234,19 @@ def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> 
             preprocess=False,
             concurrency_id="model",
             show_progress="minimal",
-        ).success(
+        )
+        classified.success(
             handlers.verdict_from_label,
             inputs=[label, threshold],
             outputs=[verdict, details],
+            api_visibility="private",
+            queue=False,
+            show_progress="hidden",
+        )
+        classified.failure(
+            lambda limit: verdict_html("error", limit),
+            inputs=threshold,
+            outputs=verdict,
             api_visibility="private",
             queue=False,
             show_progress="hidden",
@@ -265,6 +291,7 @@ def launch_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``demo.launch()``: theme, CSS, favicon and upload limits."""
     options: dict[str, Any] = {
         "css": CSS,
+        "js": SAFE_PREVIEW_JS,
         "theme": gr.themes.Soft(primary_hue="rose", secondary_hue="slate"),
         "max_file_size": settings.max_file_size,
         "show_error": True,
@@ -603,6 +630,8 @@ def verdict_html(prediction: Prediction | str | None, threshold: float, rule: st
         return '<div class="verdict verdict-empty">Drop, paste or capture an image to check it.</div>'
     if prediction == "pending":
         return '<div class="verdict verdict-pending">Checking the image…</div>'
+    if prediction == "error":
+        return '<div class="verdict verdict-error">This file could not be checked: see the message.</div>'
     assert isinstance(prediction, Prediction)
     score = prediction.nsfw_score
     how = {"max": " (worst frame)", "mean": " (frame average)", "k-of-n": f" (at least {k} frames)"}.get(

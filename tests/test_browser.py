@@ -1,0 +1,168 @@
+"""The page in a real browser (Debian's Chromium driven by Playwright): what a person sees and does.
+
+No screenshot diffs: every check is on what a person reads or can do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import httpx
+import pytest
+
+from nsfw_space.testing import varied_image
+from nsfw_space.ui import example_paths
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.browser
+
+if not CHROMIUM and os.environ.get("CI") != "true":  # CI installs Chromium: there a missing one fails
+    pytest.skip("Chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "Chromium is missing: .ci/run installs it with apt-get"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(app_url)
+    page.wait_for_selector("#image-input")
+    yield page
+    page.close()
+
+
+def drop_example(page, path=None):
+    path = path or example_paths()[1]
+    page.set_input_files("#image-input input[type=file]", str(path))
+    page.wait_for_selector("#verdict .verdict-normal, #verdict .verdict-nsfw", timeout=30_000)
+    return path
+
+
+def set_threshold(page, value: float) -> None:
+    box = page.locator("#threshold input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def image_filter(page) -> str:
+    return page.evaluate("getComputedStyle(document.querySelector('#image-input img')).filter")
+
+
+def test_dropping_an_image_shows_the_bars_with_no_click(page, classifier):
+    path = drop_example(page)
+    bars = page.locator("#label-bars")
+    bars.get_by_text("normal").first.wait_for()
+    text = bars.inner_text()
+    assert "nsfw" in text and "normal" in text and "%" in text
+    expected = classifier.predict(path).scores["nsfw"]
+    assert f"{round(expected * 100)}%" in text.replace(" ", "")
+
+
+def test_moving_the_threshold_changes_the_verdict(page):
+    drop_example(page)
+    set_threshold(page, 0)
+    page.wait_for_selector("#verdict .verdict-nsfw")
+    assert "Flagged as NSFW" in page.inner_text("#verdict")
+    set_threshold(page, 1)
+    page.wait_for_selector("#verdict .verdict-normal")
+    assert "Looks safe" in page.inner_text("#verdict")
+
+
+def test_the_preview_stays_blurred_unless_safe_or_revealed(page):
+    drop_example(page)
+    set_threshold(page, 0)
+    page.wait_for_selector("#verdict .verdict-nsfw")
+    assert "blur" in image_filter(page)
+    page.locator("#reveal input").check()
+    page.wait_for_function("getComputedStyle(document.querySelector('#image-input img')).filter === 'none'")
+    page.locator("#reveal input").uncheck()
+    set_threshold(page, 1)
+    page.wait_for_selector("#verdict .verdict-normal")
+    page.wait_for_function("getComputedStyle(document.querySelector('#image-input img')).filter === 'none'")
+
+
+def test_webcam_and_clipboard_are_offered(page):
+    assert page.locator("#image-input button[aria-label='Capture from camera']").count() == 1
+    assert page.locator("#image-input button[aria-label='Paste from clipboard']").count() == 1
+
+
+def test_an_invalid_file_shows_the_reason_in_the_page(page, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("these are notes, not a photo")
+    page.set_input_files("#image-input input[type=file]", str(bad))
+    page.get_by_text("This file is a text file, not an image").first.wait_for(timeout=30_000)
+    page.wait_for_selector("#verdict .verdict-error")
+
+
+def test_batch_view_shows_its_table_csv_and_thumbnails(page, images):
+    page.get_by_role("tab", name="Batch").click()
+    page.set_input_files("#batch-files input[type=file]", [str(p) for p in images[:3]])
+    page.locator("#batch-button").click()
+    table = page.locator("#batch-table")
+    table.get_by_text(images[2].name).first.wait_for(timeout=60_000)
+    text = table.inner_text()
+    assert all(p.name in text for p in images[:3])
+    assert "NSFW" in text or "safe" in text
+    page.locator("#batch-csv").get_by_text(".csv").first.wait_for()
+    assert page.locator("#batch-gallery img").count() >= 3
+
+
+def test_gif_view_shows_a_verdict_and_the_score_plot(page, tmp_path):
+    frames = [varied_image(seed, (96, 72)) for seed in range(5)]
+    gif = tmp_path / "clip.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    page.get_by_role("tab", name="GIF / video").click()
+    page.set_input_files("#media-file input[type=file]", str(gif))
+    page.locator("#media-button").click()
+    page.wait_for_selector("#media-verdict .verdict-normal, #media-verdict .verdict-nsfw", timeout=60_000)
+    assert "worst frame" in page.inner_text("#media-verdict")
+    page.wait_for_selector("#media-plot canvas, #media-plot svg", timeout=30_000)
+
+
+def test_phone_width_needs_no_sideways_scrolling(browser, app_url):
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page.goto(app_url)
+    page.wait_for_selector("#image-input")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 392
+    assert page.locator("#image-input").bounding_box()["width"] <= 390
+    page.close()
+
+
+def test_keyboard_reaches_the_threshold_and_moves_it(page):
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.closest('#threshold') !== null"):
+            break
+    else:
+        pytest.fail("the threshold was not reachable with Tab")
+    page.keyboard.press("ArrowRight") if page.evaluate(
+        "document.activeElement.type === 'range'"
+    ) else page.keyboard.type("6")
+    page.wait_for_function("document.querySelector('#threshold input[type=number]').value !== '0.5'")
+
+
+def test_title_and_favicon(page, app_url):
+    from nsfw_space.ui import ASSETS_DIR
+
+    assert page.title() == "NSFW image moderation"
+    response = httpx.get(f"{app_url}favicon.ico", timeout=10)  # where browsers look for it
+    assert response.status_code == 200 and response.headers["content-type"].startswith("image/")
+    assert response.content == (ASSETS_DIR / "favicon.png").read_bytes()

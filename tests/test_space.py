@@ -1,0 +1,118 @@
+"""What the Hugging Face Space needs: the README's front matter, pinned versions, and app.py
+importing with the ``spaces`` package present, absent, and on a (simulated) ZeroGPU Space."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import ROOT
+
+CHECK_APP = """
+import gradio as gr
+import app
+assert isinstance(app.demo, gr.Blocks), type(app.demo)
+print("spaces" in __import__("sys").modules and __import__("sys").modules["spaces"] is not None)
+"""
+
+
+def front_matter() -> dict:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.match(r"^---\n(.*?)\n---\n", text, re.DOTALL)
+    assert match, "README.md must start with the Space's YAML front matter"
+    return yaml.safe_load(match.group(1))
+
+
+def pinned(requirement: str) -> str:
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        name, _, version = line.partition("==")
+        if re.sub(r"\[.*\]", "", name).strip().lower() == requirement:
+            return version.strip()
+    raise AssertionError(f"{requirement} is not pinned in requirements.txt")
+
+
+def test_front_matter_describes_the_space():
+    meta = front_matter()
+    assert meta["sdk"] == "gradio"
+    assert meta["app_file"] == "app.py" and (ROOT / meta["app_file"]).is_file()
+    assert "Falconsai/nsfw_image_detection" in meta["models"]
+    assert "Falconsai/nsfw_image_detection" in meta["preload_from_hub"]
+    assert 0 < len(meta["short_description"]) <= 60
+    assert meta["license"] and meta["title"] and meta["emoji"]
+    assert meta["colorFrom"] in {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
+
+
+def test_sdk_version_is_the_pinned_gradio():
+    assert str(front_matter()["sdk_version"]) == pinned("gradio")
+    import gradio
+
+    assert gradio.__version__ == pinned("gradio")
+
+
+def test_torch_is_pinned():
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned("torch"))
+
+
+def _import_app(model_dir, tmp_path, extra_env=None, prelude=""):
+    env = dict(
+        os.environ, NSFW_SPACE_MODEL=str(model_dir), GRADIO_TEMP_DIR=str(tmp_path), **(extra_env or {})
+    )
+    env.pop("SPACES_ZERO_GPU", None) if "SPACES_ZERO_GPU" not in (extra_env or {}) else None
+    return subprocess.run(
+        [sys.executable, "-c", prelude + CHECK_APP],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_app_imports_with_the_spaces_package(model_dir, tmp_path):
+    import importlib.util
+
+    assert importlib.util.find_spec("spaces") is not None, "requirements-dev.txt installs spaces"
+    result = _import_app(model_dir, tmp_path, prelude="import spaces\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("True")
+
+
+def test_app_imports_without_the_spaces_package(model_dir, tmp_path):
+    result = _import_app(
+        model_dir, tmp_path, prelude="import sys\nsys.modules['spaces'] = None  # not installed\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("False")
+
+
+def test_on_zerogpu_the_model_calls_run_inside_spaces_gpu(model_dir, tmp_path):
+    stub = tmp_path / "stub"
+    (stub / "spaces").mkdir(parents=True)
+    (stub / "spaces" / "__init__.py").write_text(
+        "WRAPPED = []\n"
+        "def GPU(fn=None, **kwargs):\n"
+        "    if fn is None:\n"
+        "        return lambda f: GPU(f, **kwargs)\n"
+        "    WRAPPED.append(getattr(fn, '__qualname__', repr(fn)))\n"
+        "    return fn\n"
+    )
+    prelude = f"import sys\nsys.path.insert(0, {str(stub)!r})\n"
+    check = "\nimport spaces\nprint('WRAPPED', sorted(set(spaces.WRAPPED)))\n"
+    env = dict(
+        os.environ, NSFW_SPACE_MODEL=str(model_dir), GRADIO_TEMP_DIR=str(tmp_path), SPACES_ZERO_GPU="true"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", prelude + CHECK_APP + check],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    wrapped = result.stdout.split("WRAPPED", 1)[1]
+    assert "NSFWClassifier.predict" in wrapped and "Handlers._score_sources" in wrapped
