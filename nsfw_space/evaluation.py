@@ -164,7 +164,10 @@ def threshold_for_precision(positive: np.ndarray, scores: np.ndarray, target: fl
 def write_plots(
     output_dir: Path, positive: np.ndarray, scores: np.ndarray, truth: np.ndarray, labels: list[str]
 ) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("The eval plots need matplotlib: pip install matplotlib") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
