@@ -76,17 +76,16 @@ def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> 
 
     with gr.Blocks(title="NSFW image moderation", delete_cache=cache_schedule(settings)) as demo:
         gr.Markdown(intro_markdown(classifier))
-        with gr.Row(equal_height=True):
+        with gr.Group():
             threshold = gr.Slider(
                 0.0,
                 1.0,
                 value=settings.threshold,
                 step=0.01,
-                label="Threshold: flag as NSFW when the nsfw score is at least",
+                label="Threshold: flag when the nsfw score is at least",
                 elem_id="threshold",
-                scale=3,
             )
-            gr.Checkbox(label="Show flagged images unblurred", value=False, elem_id="reveal", scale=1)
+            gr.Checkbox(label="Show flagged images unblurred", value=False, elem_id="reveal")
         with gr.Tabs():
             with gr.Tab("Image", id="image-tab"), gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
