@@ -188,33 +188,25 @@ def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> 
         gr.Markdown(footer_markdown(classifier))
 
         # --- the named API (stable) -------------------------------------------------------
-        api_button = gr.Button(visible=False)
-        api_button.click(
-            handlers.moderate,
-            inputs=[image, threshold, url],
-            outputs=details,
-            api_name="moderate",
-            preprocess=False,
-            concurrency_id="model",
-        )
-        batch_api = gr.Button(visible=False)
-        batch_api.click(
-            handlers.moderate_batch,
-            inputs=[batch_files, threshold, batch_urls],
-            outputs=batch_json,
-            api_name="moderate_batch",
-            preprocess=False,
-            concurrency_id="model",
-        )
-        frames_api = gr.Button(visible=False)
-        frames_api.click(
-            handlers.moderate_frames,
-            inputs=[media, threshold, rule, min_frames, frame_count],
-            outputs=media_json,
-            api_name="moderate_frames",
-            preprocess=False,
-            concurrency_id="model",
-        )
+        # Each is a hidden button's click, so the page stays simple while the API gets its name.
+        for handler, inputs, output, name in (
+            (handlers.moderate, [image, threshold, url], details, "moderate"),
+            (handlers.moderate_batch, [batch_files, threshold, batch_urls], batch_json, "moderate_batch"),
+            (
+                handlers.moderate_frames,
+                [media, threshold, rule, min_frames, frame_count],
+                media_json,
+                "moderate_frames",
+            ),
+        ):
+            gr.Button(visible=False).click(
+                handler,
+                inputs=inputs,
+                outputs=output,
+                api_name=name,
+                preprocess=False,
+                concurrency_id="model",
+            )
 
         # --- the page's own events ----------------------------------------------------------
         classified = image.change(

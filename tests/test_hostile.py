@@ -142,3 +142,27 @@ def test_mutated_images_raise_only_invalid_image_error(seed, edits, cut):
     except InvalidImageError:
         return
     assert frames and all(frame.mode == "RGB" for frame in frames)
+
+
+def test_nothing_about_an_upload_is_logged(client, images, tmp_path, caplog):
+    import logging
+    import shutil
+
+    secret = tmp_path / "my-private-holiday-photo.jpg"
+    shutil.copy(images[1], secret)
+    with caplog.at_level(logging.DEBUG):
+        result = client.predict(handle_file(str(secret)), 0.5, api_name="/moderate")
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "my-private-holiday-photo" not in logged
+    assert str(result["nsfw_score"]) not in logged and str(round(result["nsfw_score"], 4)) not in logged
+
+
+def test_uploads_are_deleted_on_a_schedule_and_nothing_is_flagged(classifier):
+    from nsfw_space import Settings
+    from nsfw_space.ui import build_demo, launch_options
+
+    settings = Settings(cache_minutes=10)
+    demo = build_demo(classifier, settings)
+    assert demo.delete_cache == (300, 600)
+    assert launch_options(settings)["run_history"] is False
+    assert not [block for block in demo.blocks.values() if "flag" in type(block).__name__.lower()]
