@@ -98,6 +98,10 @@ class NSFWClassifier:
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
+        if dtype != torch.float32 and isinstance(getattr(self.model, "classifier", None), torch.nn.Linear):
+            # The head is tiny: in fp32 the scores keep their resolution (bf16 logits have 8 bits,
+            # which made different images share the exact same score).
+            self.model.classifier = _Float32Head(self.model.classifier)
         self.processor = processor
         self.name = name or getattr(model.config, "_name_or_path", "") or "model"
         self.max_pixels = max_pixels
@@ -391,6 +395,17 @@ class NSFWClassifier:
             chunk = probs[offset : offset + count]
             yield source, self.make_prediction(chunk, source_name(source), decoded.times, rule, k)
             offset += count
+
+
+class _Float32Head(torch.nn.Module):
+    """A linear classifier head run in fp32 on half-precision features."""
+
+    def __init__(self, head: torch.nn.Linear) -> None:
+        super().__init__()
+        self.head = head.float()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features.float())
 
 
 def _default_workers() -> int:
