@@ -128,8 +128,10 @@ def test_any_label_names_work_with_nsfw_labels_setting(tmp_path, images):
 def test_bf16_stays_within_001_of_fp32(model_dir, classifier, images):
     bf16 = NSFWClassifier.from_pretrained(str(model_dir), device="cpu", precision="bf16")
     assert bf16.precision == "bf16"
-    for path in images:
-        assert bf16.predict(path).nsfw_score == pytest.approx(classifier.predict(path).nsfw_score, abs=0.01)
+    scores = [bf16.predict(path).nsfw_score for path in images]
+    for path, score in zip(images, scores, strict=True):
+        assert score == pytest.approx(classifier.predict(path).nsfw_score, abs=0.01)
+    assert len({round(score, 6) for score in scores}) == len(images)  # not quantised to bf16 steps
 
 
 def test_animated_gif_is_judged_on_its_frames(classifier, tmp_path):
