@@ -12,6 +12,15 @@ from nsfw_space import NSFWClassifier
 from nsfw_space.testing import PROCESSOR_CONFIG, VIT_TINY
 from tests.test_cli import run_cli
 
+# The five Training Stats keys of the model card, as it prints them.
+CARD_STATS = (
+    "eval_loss",
+    "eval_accuracy",
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+)
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
@@ -85,13 +94,7 @@ def test_train_model_card_has_the_settings_and_training_stats(trained):
         "'eval_accuracy'",
     ):
         assert needle in card
-    for key in (
-        "eval_loss",
-        "eval_accuracy",
-        "eval_runtime",
-        "eval_samples_per_second",
-        "eval_steps_per_second",
-    ):
+    for key in CARD_STATS:
         assert f"'{key}'" in result.stdout
 
 
@@ -107,13 +110,7 @@ def test_eval_writes_metrics_plots_and_a_summary(trained, toy, tmp_path):
     result = run_cli("eval", str(toy / "data"), "--model", str(trained[0]), "--output-dir", str(out), "-q")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in (
-        "eval_loss",
-        "eval_accuracy",
-        "eval_runtime",
-        "eval_samples_per_second",
-        "eval_steps_per_second",
-    ):
+    for key in CARD_STATS:
         assert isinstance(metrics[key], float)
     assert metrics["eval_accuracy"] >= 15 / 16 and metrics["nsfw_roc_auc"] >= 0.95
     assert metrics["nsfw_precision"] >= 0.9 and metrics["nsfw_recall"] >= 0.9 and metrics["nsfw_f1"] >= 0.9
