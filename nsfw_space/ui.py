@@ -355,7 +355,11 @@ class Handlers:
             one entry per file, in order: file, label, scores, nsfw_score, is_nsfw, threshold, error.
         """
         limit = _threshold(threshold, self.settings.threshold)
-        named = [(name, source) for name, source in self._batch_sources(files, urls)]
+        return self._moderate_named(self._batch_sources(files, urls), limit, progress)
+
+    def _moderate_named(
+        self, named: list[tuple[str, str | bytes | InvalidImageError]], limit: float, progress: Any
+    ) -> list[dict[str, Any]]:
         if not named:
             raise gr.Error("No files were given. Add images (or URLs) and try again.", print_exception=False)
         if len(named) > self.settings.max_batch_files:
@@ -442,7 +446,9 @@ class Handlers:
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's idiom for a progress bar
     ) -> tuple[list[list[Any]], str, list[tuple[Image.Image, str]]]:
         """The batch tab: a results table, the table as CSV, and thumbnails (flagged ones blurred)."""
-        rows = self.moderate_batch(files, threshold, urls, progress)
+        limit = _threshold(threshold, self.settings.threshold)
+        named = self._batch_sources(files, urls)  # fetched once: rows and thumbnails share it
+        rows = self._moderate_named(named, limit, progress)
         table = [
             [
                 row["file"],
@@ -453,11 +459,9 @@ class Handlers:
             for row in rows
         ]
         csv_path = write_csv(rows, self.classifier.labels)
-        sources = dict(self._batch_sources(files, None))
         gallery = []
-        for row in rows:
-            source = sources.get(row["file"])
-            if source is None or row["error"]:
+        for (_, source), row in zip(named, rows, strict=True):
+            if row["error"]:
                 continue
             gallery.append(
                 (thumbnail(source, blur=bool(row["is_nsfw"])), f"{row['file']}: {_verdict_word(row)}")
