@@ -35,6 +35,7 @@ def main() -> None:
 
     from nsfw_space import NSFWClassifier
     from nsfw_space.benchmark import ensure_benchmark_model, make_images
+    from nsfw_space.optimize import Logits
 
     workdir = Path(args.workdir)
     model_dir = ensure_benchmark_model(workdir)
@@ -43,14 +44,6 @@ def main() -> None:
     bf16 = NSFWClassifier.from_pretrained(model_dir, precision="bf16", optimize="none")
     pixels = np.concatenate([fp32.decode(path).pixels for path in paths])
     calibration, held_out = torch.from_numpy(pixels[:32]), pixels[32:48]
-
-    class Logits(torch.nn.Module):
-        def __init__(self, model: torch.nn.Module) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, batch: torch.Tensor) -> torch.Tensor:
-            return self.model(pixel_values=batch).logits
 
     started = time.perf_counter()
     with warnings.catch_warnings():

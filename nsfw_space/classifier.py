@@ -183,10 +183,8 @@ class NSFWClassifier:
         from .optimize import build_forward, resolve_mode
 
         wanted = resolve_mode(mode, self.device)
-        height, width = self._input_size
-        rows = 1 if wanted == "jit" else batch_size
-        probe = torch.randn(rows, 3, height, width, generator=torch.Generator().manual_seed(0))
-        forward, self.optimization = build_forward(self.model, wanted, probe.to(self.device, self.dtype))
+        probe = self._probe(1 if wanted == "jit" else batch_size)
+        forward, self.optimization = build_forward(self.model, wanted, probe)
         self._single_forward = forward if self.optimization == "jit" else eager_forward(self.model)
         self._batch_forward = forward if self.optimization == "compile" else eager_forward(self.model)
         self._pad_to = batch_size if self.optimization == "compile" else 0
@@ -252,13 +250,18 @@ class NSFWClassifier:
             return
         from .optimize import build_forward
 
-        height, width = self._input_size
-        probe = torch.randn(batch_size, 3, height, width, generator=torch.Generator().manual_seed(0))
+        probe = self._probe(batch_size)
         with self._lock:
             self._batch_forward, self._pad_to = eager_forward(self.model), 0  # drop the old shape
-            forward, mode = build_forward(self.model, "jit", probe.to(self.device, self.dtype))
+            forward, mode = build_forward(self.model, "jit", probe)
             if mode == "jit":
                 self._batch_forward, self._pad_to = forward, batch_size
+
+    def _probe(self, rows: int) -> torch.Tensor:
+        """A fixed random input of ``rows`` images, to build and check a faster forward with."""
+        height, width = self._input_size
+        probe = torch.randn(rows, 3, height, width, generator=torch.Generator().manual_seed(0))
+        return probe.to(self.device, self.dtype)
 
     def make_prediction(
         self,

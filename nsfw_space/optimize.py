@@ -39,10 +39,8 @@ def resolve_mode(mode: str, device: torch.device) -> str:
 
 
 def eager_forward(model: torch.nn.Module) -> Forward:
-    def forward(pixels: torch.Tensor) -> torch.Tensor:
-        return model(pixel_values=pixels).logits
-
-    return forward
+    """The plain model, pixels in, logits out."""
+    return Logits(model)
 
 
 def build_forward(model: torch.nn.Module, mode: str, probe: torch.Tensor) -> tuple[Forward, str]:
@@ -69,7 +67,9 @@ def build_forward(model: torch.nn.Module, mode: str, probe: torch.Tensor) -> tup
     return fast, mode
 
 
-class _Traced(torch.nn.Module):
+class Logits(torch.nn.Module):
+    """``model(pixel_values=x).logits`` as a module of one tensor, for tracing and export."""
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
@@ -84,7 +84,7 @@ def _jit(model: torch.nn.Module, probe: torch.Tensor) -> Forward:
     torch.jit.enable_onednn_fusion(True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation and tracer warnings
-        traced = torch.jit.trace(_Traced(model).eval(), probe, check_trace=False, strict=False)
+        traced = torch.jit.trace(Logits(model).eval(), probe, check_trace=False, strict=False)
         frozen = torch.jit.freeze(traced)
         for _ in range(3):  # the profiling executor specialises and fuses over the first calls
             frozen(probe)
