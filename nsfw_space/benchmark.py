@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .classifier import NSFWClassifier
 from .device import cpu_has_fast_bf16
+from .loadtest import process_rss_mb
 from .testing import VIT_BASE, build_model_dir, jpeg_bytes, varied_image
 
 logger = logging.getLogger(__name__)
@@ -79,12 +80,10 @@ class PeakMemory:
 
 
 def current_rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    """This process's resident memory in MB (its peak, where /proc is missing)."""
+    rss = process_rss_mb(os.getpid())
+    if rss is not None:
+        return rss
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -123,7 +123,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def process_rss_mb(pid: int) -> float | None:
-    """Resident memory of ``pid`` and its children in MB (Linux /proc), or None."""
+    """Resident memory of process ``pid`` in MB (Linux /proc), or None where it can't be read."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
