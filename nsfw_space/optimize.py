@@ -25,7 +25,7 @@ from .errors import ConfigError
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "none", "jit", "compile")
-TOLERANCE = 0.005
+TOLERANCE = 0.01  # the accuracy promised everywhere: scores within 0.01 of the model card's snippet
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
