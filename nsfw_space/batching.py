@@ -17,6 +17,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from .budgets import PixelBudget
 from .classifier import NSFWClassifier, Prediction, source_name
 from .images import ImageSource
 
@@ -34,9 +35,11 @@ class DynamicBatcher:
         self._worker: threading.Thread | None = None
         self.batch_sizes: list[int] = []  # recent pass sizes, for tests and the load report
 
-    def predict(self, source: ImageSource, *, rule: str = "max", k: int = 1) -> Prediction:
+    def predict(
+        self, source: ImageSource, *, rule: str = "max", k: int = 1, budget: PixelBudget | None = None
+    ) -> Prediction:
         """Decode ``source`` here (raising InvalidImageError for this caller only), score it shared."""
-        decoded = self.classifier.decode(source)
+        decoded = self.classifier.decode(source, budget)
         future: Future = Future()
         self._ensure_worker()
         self._queue.put((decoded.pixels, future))

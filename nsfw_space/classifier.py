@@ -9,17 +9,18 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .budgets import DEFAULT_MAX_PIXELS, DecodeLimits, PixelBudget
 from .config import DEFAULT_MODEL, Settings
 from .device import resolve_device, resolve_precision
 from .errors import InvalidImageError, ModelLoadError
-from .images import DEFAULT_MAX_PIXELS, ImageSource, describe, frame_time, load_frames
+from .images import ImageSource, describe, frame_time, load_frames
 from .loading import load_model_and_processor
 from .optimize import eager_forward
 
@@ -69,6 +70,27 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class ForwardPlan:
+    """How pixels become logits: one immutable object, swapped whole, so a reader never sees a
+    single-image forward from one plan beside a batch forward (or padding) from another."""
+
+    single: Callable[[torch.Tensor], torch.Tensor]
+    batch: Callable[[torch.Tensor], torch.Tensor]
+    pad_to: int = 0  # fixed-shape batch forward: chunks padded to this many rows (0: any shape)
+    name: str = "none"
+
+
+class _Runner:
+    """The model, its lock and its current plan: shared by a classifier and all its views."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.lock = threading.Lock()
+        eager = eager_forward(model)
+        self.plan = ForwardPlan(eager, eager)
+
+
+@dataclass(frozen=True)
 class Decoded:
     """One input, decoded and preprocessed: (frames, 3, H, W) pixels and frame times (seconds)."""
 
@@ -94,27 +116,37 @@ class NSFWClassifier:
         max_bytes: int | None = None,
         frames: int = 8,
         name: str = "",
+        limits: DecodeLimits | None = None,
+        _owned: bool = False,
     ) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
-        self.model = model.to(device=self.device, dtype=dtype).eval()
-        if dtype != torch.float32 and isinstance(getattr(self.model, "classifier", None), torch.nn.Linear):
-            # The head is tiny: in fp32 the scores keep their resolution (bf16 logits have 8 bits,
-            # which made different images share the exact same score).
-            self.model.classifier = _Float32Head(self.model.classifier)
+        self._runner = _Runner(_prepared_model(model, self.device, dtype, copy_first=not _owned))
         self.processor = processor
         self.name = name or getattr(model.config, "_name_or_path", "") or "model"
-        self.max_pixels = max_pixels
-        self.max_bytes = max_bytes
+        self.limits = limits or DecodeLimits(max_pixels=max_pixels, max_bytes=max_bytes)
         self.frames = frames
         id2label = model.config.id2label
         self.labels: list[str] = [str(id2label[i]) for i in range(len(id2label))]
         self.nsfw_indices = _find_nsfw_indices(self.labels, nsfw_labels, self.name)
         self._input_size, self._fast_preprocess = _preprocess_plan(processor)
-        self._lock = threading.Lock()
-        self._pad_to = 0
-        self._single_forward = self._batch_forward = eager_forward(self.model)
-        self.optimization = "none"
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The network this classifier runs (its own copy when it had to change the caller's)."""
+        return self._runner.model
+
+    @property
+    def optimization(self) -> str:
+        return self._runner.plan.name
+
+    @property
+    def max_pixels(self) -> int:
+        return self.limits.max_pixels
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self.limits.max_bytes
 
     @classmethod
     def from_pretrained(
@@ -129,6 +161,7 @@ class NSFWClassifier:
         max_bytes: int | None = None,
         frames: int = 8,
         optimize: str = "auto",
+        limits: DecodeLimits | None = None,
     ) -> NSFWClassifier:
         """Load a hub id or a local directory; ``device``/``precision``/``optimize`` ``auto`` pick
         the fastest (see :meth:`optimize`)."""
@@ -146,6 +179,8 @@ class NSFWClassifier:
             max_bytes=max_bytes,
             frames=frames,
             name=model,
+            limits=limits,
+            _owned=True,
         )
         classifier.optimize(optimize)
         return classifier
@@ -159,19 +194,25 @@ class NSFWClassifier:
             device=settings.device,
             precision=settings.precision,
             nsfw_labels=settings.nsfw_label_list or None,
-            max_pixels=settings.max_pixels,
-            max_bytes=settings.max_file_bytes,
+            limits=settings.decode_limits,
             frames=settings.frames,
             optimize=settings.optimize,
         )
 
     def with_limits(
-        self, *, max_pixels: int | None = None, max_bytes: int | None = None, frames: int | None = None
+        self,
+        *,
+        max_pixels: int | None = None,
+        max_bytes: int | None = None,
+        frames: int | None = None,
+        limits: DecodeLimits | None = None,
     ) -> NSFWClassifier:
-        """A view of this classifier (same model, no copy of the weights) with other input limits."""
+        """A view of this classifier with other input limits: the same model, lock and forward
+        plan (a plan built through any view serves them all), no copy of the weights."""
         view = copy.copy(self)
-        view.max_pixels = self.max_pixels if max_pixels is None else max_pixels
-        view.max_bytes = self.max_bytes if max_bytes is None else max_bytes
+        base = limits or self.limits
+        changes = {"max_pixels": max_pixels, "max_bytes": max_bytes}
+        view.limits = replace(base, **{key: value for key, value in changes.items() if value is not None})
         view.frames = self.frames if frames is None else frames
         return view
 
@@ -184,11 +225,15 @@ class NSFWClassifier:
 
         wanted = resolve_mode(mode, self.device)
         probe = self._probe(1 if wanted == "jit" else batch_size)
-        forward, self.optimization = build_forward(self.model, wanted, probe)
-        self._single_forward = forward if self.optimization == "jit" else eager_forward(self.model)
-        self._batch_forward = forward if self.optimization == "compile" else eager_forward(self.model)
-        self._pad_to = batch_size if self.optimization == "compile" else 0
-        return self.optimization
+        forward, used = build_forward(self.model, wanted, probe)
+        eager = eager_forward(self.model)
+        self._runner.plan = ForwardPlan(
+            single=forward if used == "jit" else eager,
+            batch=forward if used == "compile" else eager,
+            pad_to=batch_size if used == "compile" else 0,
+            name=used,
+        )
+        return used
 
     @property
     def precision(self) -> str:
@@ -197,13 +242,16 @@ class NSFWClassifier:
         )
 
     # -- the steps -------------------------------------------------------------------------
-    def load(self, source: ImageSource, frames: int | None = None) -> list[Image.Image]:
-        """Decode ``source`` into RGB frames (one for a still image), within the size limits."""
+    def load(
+        self, source: ImageSource, frames: int | None = None, budget: PixelBudget | None = None
+    ) -> list[Image.Image]:
+        """Decode ``source`` into RGB frames (one for a still image), within the decode limits and
+        the request's pixel ``budget``; frames come back no larger than twice the model's input."""
         return load_frames(
             source,
             self.frames if frames is None else frames,
-            max_pixels=self.max_pixels,
-            max_bytes=self.max_bytes,
+            limits=self.limits,
+            budget=budget,
             draft_size=(2 * self._input_size[1], 2 * self._input_size[0]),
         )
 
@@ -222,23 +270,24 @@ class NSFWClassifier:
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """A batch of preprocessed images (N, 3, H, W) -> label probabilities (N, labels)."""
-        if len(pixels) == 1 or not self._pad_to:
-            forward = self._single_forward if len(pixels) == 1 else self._batch_forward
+        plan = self._runner.plan  # read once: one consistent plan for the whole call
+        if len(pixels) == 1 or not plan.pad_to:
+            forward = plan.single if len(pixels) == 1 else plan.batch
             return self._run(forward, pixels)
         # A fixed-shape forward (JIT or compiled batches): whole chunks, the last one padded.
         chunks = []
-        for start in range(0, len(pixels), self._pad_to):
-            chunk = pixels[start : start + self._pad_to]
+        for start in range(0, len(pixels), plan.pad_to):
+            chunk = pixels[start : start + plan.pad_to]
             count = len(chunk)
-            if count < self._pad_to:
-                padding = np.zeros((self._pad_to - count, *chunk.shape[1:]), dtype=chunk.dtype)
+            if count < plan.pad_to:
+                padding = np.zeros((plan.pad_to - count, *chunk.shape[1:]), dtype=chunk.dtype)
                 chunk = np.concatenate([chunk, padding])
-            chunks.append(self._run(self._batch_forward, chunk)[:count])
+            chunks.append(self._run(plan.batch, chunk)[:count])
         return np.concatenate(chunks)
 
     def _run(self, forward: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndarray) -> np.ndarray:
         tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
-        with self._lock, torch.inference_mode():
+        with self._runner.lock, torch.inference_mode():
             logits = forward(tensor)
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
@@ -246,16 +295,20 @@ class NSFWClassifier:
         """With JIT optimisation, trace one fixed-shape batch forward for ``batch_size`` (batches
         are then padded to it). Measured 29 vs 22 images/s on ViT-B bf16, 2 cores, for about
         600 MB more memory; only one batch shape is kept at a time."""
-        if self.optimization != "jit" or batch_size < 2 or self._pad_to == batch_size:
+        plan = self._runner.plan
+        if plan.name != "jit" or batch_size < 2 or plan.pad_to == batch_size:
             return
         from .optimize import build_forward
 
         probe = self._probe(batch_size)
-        with self._lock:
-            self._batch_forward, self._pad_to = eager_forward(self.model), 0  # drop the old shape
+        with self._runner.lock:
+            if self._runner.plan.pad_to == batch_size:  # another thread built it meanwhile
+                return
+            # drop the old shape first, so its kernels and buffers are freed before the new trace
+            self._runner.plan = replace(self._runner.plan, batch=eager_forward(self.model), pad_to=0)
             forward, mode = build_forward(self.model, "jit", probe)
             if mode == "jit":
-                self._batch_forward, self._pad_to = forward, batch_size
+                self._runner.plan = replace(self._runner.plan, batch=forward, pad_to=batch_size)
 
     def _probe(self, rows: int) -> torch.Tensor:
         """A fixed random input of ``rows`` images, to build and check a faster forward with."""
@@ -298,19 +351,22 @@ class NSFWClassifier:
         return Prediction(scores={label: scores.get(label, 0.0) for label in self.labels}, nsfw_score=nsfw)
 
     # -- the public doors ---------------------------------------------------------------------
-    def predict(self, source: ImageSource, *, rule: str = "max", k: int = 1) -> Prediction:
+    def predict(
+        self, source: ImageSource, *, rule: str = "max", k: int = 1, budget: PixelBudget | None = None
+    ) -> Prediction:
         """Classify one image (a path, bytes, PIL image or numpy array), animation or video.
 
         An animation or video is judged on up to ``frames`` evenly spaced frames, summed up by
-        ``rule`` (default: the worst frame). Raises InvalidImageError.
+        ``rule`` (default: the worst frame). ``budget`` caps the pixels decoded for it.
+        Raises InvalidImageError.
         """
-        decoded = self.decode(source)
+        decoded = self.decode(source, budget)
         probs = self.probabilities(decoded.pixels)
         return self.make_prediction(probs, source_name(source), decoded.times, rule, k)
 
-    def decode(self, source: ImageSource) -> Decoded:
+    def decode(self, source: ImageSource, budget: PixelBudget | None = None) -> Decoded:
         """Decode and preprocess ``source`` (all its sampled frames). Raises InvalidImageError."""
-        frames = self.load(source)
+        frames = self.load(source, budget=budget)
         times = tuple(frame_time(frame) for frame in frames) if len(frames) > 1 else None
         return Decoded(np.stack([self.preprocess(frame) for frame in frames]), times)
 
@@ -337,6 +393,7 @@ class NSFWClassifier:
         *,
         rule: str = "max",
         k: int = 1,
+        budget: PixelBudget | None = None,
     ) -> Iterator[tuple[ImageSource, Prediction | InvalidImageError]]:
         """Yield ``(source, Prediction or InvalidImageError)`` in input order, batching frames.
 
@@ -344,7 +401,8 @@ class NSFWClassifier:
         run a couple of batches ahead, overlapped with the model. On the CPU the two would fight
         for the same cores (the model's threads stall whenever a decoder preempts one of them), so
         there each batch is decoded on all cores, then scored on all cores: measured faster on
-        2 cores (see ``python -m nsfw_space bench``).
+        2 cores (see ``python -m nsfw_space bench``). ``budget`` bounds the decoded pixels of the
+        whole run: inputs past it come back as InvalidImageError.
         """
         batch_size = max(1, int(batch_size))
         self.prepare_batches(batch_size)
@@ -365,7 +423,7 @@ class NSFWClassifier:
                     except StopIteration:
                         exhausted = True
                         break
-                    pending.append((source, pool.submit(self._decode_or_error, source)))
+                    pending.append((source, pool.submit(self._decode_or_error, source, budget)))
                 if not pending and not ready:
                     return
                 if pending:
@@ -378,9 +436,11 @@ class NSFWClassifier:
                     yield from self._score_ready(ready, rule, k)
                     ready, frames_ready = [], 0
 
-    def _decode_or_error(self, source: ImageSource) -> Decoded | InvalidImageError:
+    def _decode_or_error(
+        self, source: ImageSource, budget: PixelBudget | None
+    ) -> Decoded | InvalidImageError:
         try:
-            return self.decode(source)
+            return self.decode(source, budget)
         except InvalidImageError as err:
             return err
 
@@ -409,6 +469,25 @@ class _Float32Head(torch.nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features.float())
+
+
+def _prepared_model(
+    model: torch.nn.Module, device: torch.device, dtype: torch.dtype, *, copy_first: bool
+) -> torch.nn.Module:
+    """``model`` on ``device`` in ``dtype`` with an fp32 head, in eval mode. A caller's model is
+    never changed: it is copied first whenever anything about it has to change."""
+    head = getattr(model, "classifier", None)
+    wrap_head = dtype != torch.float32 and isinstance(head, torch.nn.Linear)
+    first = next(model.parameters(), None)
+    moves = first is not None and (first.device != device or first.dtype != dtype)
+    if copy_first and (wrap_head or moves or model.training):
+        model = copy.deepcopy(model)
+    model = model.to(device=device, dtype=dtype).eval()
+    if wrap_head:
+        # The head is tiny: in fp32 the scores keep their resolution (bf16 logits have 8 bits,
+        # which made different images share the exact same score).
+        model.classifier = _Float32Head(model.classifier)
+    return model
 
 
 def _default_workers() -> int:

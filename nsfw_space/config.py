@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
+from .budgets import DecodeLimits
 from .errors import ConfigError
 
 DEFAULT_MODEL = "Falconsai/nsfw_image_detection"
@@ -40,7 +41,18 @@ class Settings:
     max_file_size: str = "25MB"
     """Largest upload the Space accepts (Gradio's ``max_file_size``)."""
     max_pixels: int = 80_000_000
-    """Largest image (width x height) decoded; checked from the header before decoding."""
+    """Largest image or frame (width x height): checked from the header, and again after each
+    frame is read (a GIF frame can grow the canvas, a video can change size mid-stream)."""
+    max_animation_frames: int = 1000
+    """Frames of an animated image looked at; frames after these are not read."""
+    max_animation_pixels: int = 24_000_000
+    """Largest frame of an animated image (a later GIF frame costs Pillow about 9 bytes a pixel)."""
+    decode_seconds: float = 15.0
+    """Decoding time one file may take before it is refused."""
+    max_request_pixels: int = 400_000_000
+    """Decoded pixels one request may spend (a single image, or all files of a batch together)."""
+    max_decode_pixels: int = 100_000_000
+    """Full-size decoded pixels the whole server holds at once; larger decodes wait their turn."""
     queue_size: int = 64
     """Requests waiting in the Space's queue before new ones are refused as busy."""
     concurrency: int = 4
@@ -48,7 +60,9 @@ class Settings:
     cache_minutes: int = 10
     """Uploaded files are deleted from the server after about this many minutes."""
     max_batch_files: int = 100
-    """Most files one batch request may hold."""
+    """Most files (uploads and URL lines together) one batch request may hold."""
+    max_batch_download: str = "200MB"
+    """Most bytes one batch request may download from its URLs, all together."""
     frames: int = 8
     """Frames sampled from an animated image or a video."""
     allow_urls: bool = True
@@ -56,7 +70,7 @@ class Settings:
     allow_private_urls: bool = False
     """Test-only: allow URLs that resolve to loopback or private addresses."""
     url_timeout: float = 10.0
-    """Seconds allowed to fetch an image URL."""
+    """Seconds allowed to fetch an image URL, from connecting to the last byte (redirects included)."""
     mcp: bool = False
     """Also serve the API as MCP tools through Gradio's MCP server."""
 
@@ -71,12 +85,19 @@ class Settings:
                 continue
             values[field.name] = _parse(field.name, field.type, raw.strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)  # type: ignore[arg-type]
-        settings.validate()
-        return settings
+        return cls(**values)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError for values that cannot work."""
+        for name in ("threshold", "decode_seconds", "url_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ConfigError(f"NSFW_SPACE_{name.upper()} must be a number, got {value!r}.")
+        if self.decode_seconds <= 0 or self.url_timeout <= 0:
+            raise ConfigError("NSFW_SPACE_DECODE_SECONDS and NSFW_SPACE_URL_TIMEOUT must be above 0.")
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"NSFW_SPACE_THRESHOLD must be between 0 and 1, got {self.threshold}.")
         for name in (
@@ -87,6 +108,10 @@ class Settings:
             "concurrency",
             "frames",
             "max_batch_files",
+            "max_animation_frames",
+            "max_animation_pixels",
+            "max_request_pixels",
+            "max_decode_pixels",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"NSFW_SPACE_{name.upper()} must be at least 1.")
@@ -106,6 +131,21 @@ class Settings:
     @property
     def max_file_bytes(self) -> int:
         return parse_size(self.max_file_size)
+
+    @property
+    def max_batch_download_bytes(self) -> int:
+        return parse_size(self.max_batch_download)
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        """What one file may cost to decode, as these settings say."""
+        return DecodeLimits(
+            max_pixels=self.max_pixels,
+            max_bytes=self.max_file_bytes,
+            max_animation_frames=self.max_animation_frames,
+            max_animation_pixels=self.max_animation_pixels,
+            seconds=self.decode_seconds,
+        )
 
 
 def parse_size(text: str) -> int:

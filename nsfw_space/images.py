@@ -18,8 +18,9 @@ from typing import IO, Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from .budgets import DEFAULT_MAX_PIXELS, GATE, DecodeLimits, PixelBudget
 from .errors import InvalidImageError
-from .frames import looks_like_video, video_frames
+from .frames import looks_like_video, sample_indices, video_frames
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +28,11 @@ ImageSource = Union[  # noqa: UP007 - a runtime alias, must work on Python 3.10
     str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray
 ]
 
-DEFAULT_MAX_PIXELS = 80_000_000
 SUPPORTED_FORMATS = "JPEG, PNG, WebP, GIF, BMP, TIFF or ICO"
 FRAME_TIME = "nsfw_space_frame_time"
 BACKGROUND = (255, 255, 255)
 
+STRIP_PIXELS = 2_000_000  # pixels converted at once when a palette frame is shrunk
 _truncated_lock = threading.Lock()
 
 
@@ -54,14 +55,24 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
     draft_size: tuple[int, int] | None = None,
+    limits: DecodeLimits | None = None,
+    budget: PixelBudget | None = None,
 ) -> Image.Image:
     """Return ``source`` as an RGB image (the first frame of an animation).
 
-    ``draft_size`` lets JPEG decoding skip detail finer than that size (PIL's draft mode), which
-    is several times faster for large photos that will be shrunk anyway.
+    ``draft_size`` lets decoding skip detail finer than that size (PIL's draft mode for JPEG,
+    a whole-factor box reduction for the rest), so no frame is kept at full size.
     Raises InvalidImageError with a sentence a person understands.
     """
-    return load_frames(source, 1, max_pixels=max_pixels, max_bytes=max_bytes, draft_size=draft_size)[0]
+    return load_frames(
+        source,
+        1,
+        max_pixels=max_pixels,
+        max_bytes=max_bytes,
+        draft_size=draft_size,
+        limits=limits,
+        budget=budget,
+    )[0]
 
 
 def load_frames(
@@ -71,30 +82,45 @@ def load_frames(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = None,
     draft_size: tuple[int, int] | None = None,
+    limits: DecodeLimits | None = None,
+    budget: PixelBudget | None = None,
 ) -> list[Image.Image]:
-    """Return up to ``max_frames`` evenly spaced RGB frames of ``source`` (one for a still image)."""
+    """Return up to ``max_frames`` evenly spaced RGB frames of ``source`` (one for a still image).
+
+    ``limits`` (default: ``max_pixels`` and ``max_bytes`` with the default frame cap and time
+    budget) bound what one input may cost; ``budget`` is the request's share of decoded pixels.
+    """
+    limits = limits or DecodeLimits(max_pixels=max_pixels, max_bytes=max_bytes)
     if isinstance(source, Image.Image):
         if is_animated(source) and max_frames > 1:
-            frames, times = _sample_frames(source, max_frames)
-            return _with_times([_frame_to_rgb(frame) for frame in frames], times)
+            return _animation_frames(source, max_frames, limits, budget, draft_size)
         return [_frame_to_rgb(source)]
     if isinstance(source, np.ndarray):
         return [array_to_image(source)]
-    data = _read_source(source, max_bytes)
+    data = _read_source(source, limits.max_bytes)
     try:
-        image = _open(data, max_pixels)
+        image = _open(data, limits.max_pixels)
     except InvalidImageError:
         if not looks_like_video(data):
             raise
-        frames, times = video_frames(data, max_frames, max_pixels=max_pixels)
+        frames, times = video_frames(data, max_frames, limits=limits, budget=budget, draft_size=draft_size)
         return _with_times([to_rgb(frame) for frame in frames], times)
     try:
         if is_animated(image) and max_frames > 1:
-            frames, times = _sample_frames(image, max_frames)
-            return _with_times([_frame_to_rgb(frame) for frame in frames], times)
-        if draft_size is not None and image.format == "JPEG":
-            image.draft("RGB", draft_size)
-        return [_frame_to_rgb(_decode(image, data, max_pixels, draft_size))]
+            return _animation_frames(image, max_frames, limits, budget, draft_size)
+        pixels = image.width * image.height
+        if budget is not None:
+            budget.spend(pixels)
+        with GATE.hold(pixels):
+            if draft_size is not None and image.format == "JPEG":
+                image.draft("RGB", draft_size)
+            decoded = _decode(image, data, limits.max_pixels, draft_size)
+            limits.check_frame(*decoded.size, what="The image")
+            frame = _frame_to_rgb(_shrink(decoded, draft_size))
+            for full_size in {id(decoded): decoded, id(image): image}.values():
+                if full_size is not frame:
+                    full_size.close()  # freed here, inside the gate, not when the caller lets go
+            return [frame]
     except InvalidImageError:
         raise
     except Exception as err:
@@ -113,14 +139,30 @@ def _with_times(frames: list[Image.Image], times: list[float]) -> list[Image.Ima
     return frames
 
 
-def sample_indices(frame_count: int, wanted: int) -> list[int]:
-    """Evenly spaced frame indices from first to last, at most ``wanted`` of them."""
-    if frame_count <= 0:
-        return []
-    if wanted <= 1 or frame_count == 1:
-        return [0]
-    picks = np.linspace(0, frame_count - 1, num=min(wanted, frame_count)).round().astype(int)
-    return sorted(set(int(i) for i in picks))
+def _shrink(frame: Image.Image, draft_size: tuple[int, int] | None) -> Image.Image:
+    """Reduce ``frame`` by a whole factor while both sides stay at least ``draft_size`` (the same
+    frame when no reduction is needed)."""
+    if draft_size is None:
+        return frame
+    factor = min(frame.width // max(1, draft_size[0]), frame.height // max(1, draft_size[1]))
+    if factor < 2:
+        return frame
+    try:
+        return frame.reduce(factor)
+    except ValueError:  # palette, 1-bit and 16-bit modes cannot be box-reduced as they are
+        return _reduce_in_strips(frame, factor)
+
+
+def _reduce_in_strips(frame: Image.Image, factor: int) -> Image.Image:
+    """``to_rgb(frame).reduce(factor)`` a strip at a time, so no full-size RGB copy is ever made
+    (strips are whole multiples of ``factor`` high, so the boxes are the same as in one pass)."""
+    width, height = frame.width // factor * factor, frame.height // factor * factor
+    rows = max(factor, STRIP_PIXELS // max(1, width) // factor * factor)
+    reduced = Image.new("RGB", (width // factor, height // factor))
+    for top in range(0, height, rows):
+        strip = to_rgb(frame.crop((0, top, width, min(height, top + rows))))
+        reduced.paste(strip.reduce(factor), (0, top // factor))
+    return reduced
 
 
 def is_animated(image: Image.Image) -> bool:
@@ -277,25 +319,70 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _sample_frames(image: Image.Image, max_frames: int) -> tuple[list[Image.Image], list[float]]:
-    """Evenly spaced frames of an animation and their (approximate) times in seconds."""
+def _animation_frames(
+    image: Image.Image,
+    max_frames: int,
+    limits: DecodeLimits,
+    budget: PixelBudget | None,
+    draft_size: tuple[int, int] | None,
+) -> list[Image.Image]:
+    """Evenly spaced frames among the first ``limits.max_animation_frames``, each checked at its
+    real (possibly grown) size, decoded under the pixel gate and shrunk at once, with their times."""
+    deadline = limits.deadline()
+    limits.check_animation_frame(*image.size)
+    count = _frame_count(image, limits, deadline)
     frames: list[Image.Image] = []
     indices: list[int] = []
     durations: list[float] = []
-    for index in sample_indices(image.n_frames, max_frames):
+    previous = -1
+    for index in sample_indices(count, max_frames):
+        width, height = image.size
+        if budget is not None:
+            budget.spend(width * height * (index - previous))  # a GIF decodes every frame it passes
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), GATE.hold(width * height):
                 warnings.simplefilter("ignore")
                 image.seek(index)
-                frames.append(image.copy())
+                limits.check_animation_frame(*image.size)
+                small = _shrink(image, draft_size)  # never a full-size copy of a large frame
+                frame = _frame_to_rgb(small if small is not image else image.copy())
+        except InvalidImageError:
+            raise
         except (OSError, EOFError, ValueError, SyntaxError) as err:
             if not frames:
                 raise InvalidImageError(_damaged_message(err)) from None
             break  # keep the frames decoded before the damage
+        limits.check_time(deadline)
+        frames.append(frame)
         indices.append(index)
         durations.append(float(image.info.get("duration") or 100) / 1000)
+        previous = index
     step = sum(durations) / len(durations)  # frames may differ in delay; this is their mean
-    return frames, [index * step for index in indices]
+    return _with_times(frames, [index * step for index in indices])
+
+
+def _frame_count(image: Image.Image, limits: DecodeLimits, deadline: float) -> int:
+    """Frames of an animation, counting no further than ``limits.max_animation_frames``.
+
+    A GIF has no frame count in its header: Pillow's ``n_frames`` parses every frame (a million
+    1x1 frames take seconds) and each frame may grow the canvas. Here the frames are parsed
+    without decoding, the canvas is checked after each, and counting stops at the cap.
+    """
+    cap = max(1, limits.max_animation_frames)
+    if image.format != "GIF" or not hasattr(image, "_seek"):
+        return min(image.n_frames, cap)  # WebP, APNG and TIFF say how many frames they hold
+    count = 1
+    try:
+        while count < cap:
+            image._seek(count, False)  # what Pillow's own n_frames does, minus the walk to the end
+            limits.check_animation_frame(*image.size)
+            count += 1
+            if count % 256 == 0:
+                limits.check_time(deadline)
+    except EOFError:
+        pass
+    image.seek(0)
+    return count
 
 
 def _frame_to_rgb(frame: Image.Image) -> Image.Image:
