@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import time
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from .errors import InvalidImageError
@@ -23,10 +24,18 @@ MAX_REDIRECTS = 3
 def fetch_image_bytes(
     url: str, *, max_bytes: int, timeout: float = 10.0, allow_private: bool = False
 ) -> bytes:
-    """Download ``url`` (at most ``max_bytes``) or raise InvalidImageError saying why not."""
+    """Download ``url`` (at most ``max_bytes``) or raise InvalidImageError saying why not.
+
+    ``timeout`` is one deadline for the whole fetch (every redirect, the headers and the body),
+    checked as each chunk arrives, so a server that drips a byte at a time is cut off; a read
+    that stalls completely ends within the time that was left when it began.
+    """
     import httpx
 
-    url = (url or "").strip()
+    if not isinstance(url, str):
+        raise InvalidImageError("The URL must be text, like https://example.com/photo.jpg.")
+    url = url.strip()
+    deadline = time.monotonic() + timeout
     for _ in range(MAX_REDIRECTS + 1):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -46,8 +55,11 @@ def fetch_image_bytes(
             )
         )
         extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise InvalidImageError(_too_slow(timeout))
         try:
-            with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+            with httpx.Client(timeout=remaining, follow_redirects=False, trust_env=False) as client:
                 request = client.build_request(
                     "GET",
                     target,
@@ -71,11 +83,13 @@ def fetch_image_bytes(
                         body.extend(chunk)
                         if len(body) > max_bytes:
                             raise InvalidImageError(_too_big(len(body), max_bytes))
+                        if time.monotonic() > deadline:
+                            raise InvalidImageError(_too_slow(timeout))
                     return bytes(body)
                 finally:
                     response.close()
         except httpx.TimeoutException:
-            raise InvalidImageError(f"The URL did not answer within {timeout:.0f} seconds.") from None
+            raise InvalidImageError(_too_slow(timeout)) from None
         except httpx.HTTPError as err:
             raise InvalidImageError(f"The URL could not be fetched ({type(err).__name__}).") from None
     raise InvalidImageError(f"The URL redirected more than {MAX_REDIRECTS} times.")
@@ -94,6 +108,10 @@ def _checked_address(host: str, port: int, allow_private: bool) -> str:
                 "That URL points to a private, loopback or link-local address; only public addresses are fetched."
             )
     return addresses[0].split("%", 1)[0]
+
+
+def _too_slow(timeout: float) -> str:
+    return f"The URL did not answer within {timeout:g} seconds. Try again later, or upload the image."
 
 
 def _too_big(size: int, limit: int) -> str:

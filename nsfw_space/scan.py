@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from .classifier import NSFWClassifier, Prediction
 from .errors import ConfigError, InvalidImageError
+from .writers import csv_cell, csv_text
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ico", ".jfif"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
@@ -54,7 +55,9 @@ class RowWriter:
 
     def write(self, row: dict[str, Any]) -> None:
         if self._csv is not None:
-            self._csv.writerow({key: "" if row.get(key) is None else row.get(key) for key in self.columns})
+            self._csv.writerow(
+                {key: "" if row.get(key) is None else csv_cell(row.get(key)) for key in self.columns}
+            )
         else:
             self.handle.write(json.dumps({key: row.get(key) for key in self.columns}) + "\n")
         self.handle.flush()
@@ -78,7 +81,7 @@ def done_paths(output: str, fmt: str) -> set[str]:
         return set()
     with path.open(newline="", encoding="utf-8") as handle:
         if fmt == "csv":
-            return {row["path"] for row in csv.DictReader(handle) if row.get("path")}
+            return {csv_text(row["path"]) for row in csv.DictReader(handle) if row.get("path")}
         found = set()
         for line in handle:
             try:

@@ -6,9 +6,9 @@ Stable endpoints: ``/classify`` (image -> label dict) and ``/moderate`` (image, 
 
 from __future__ import annotations
 
-import base64
 import csv
 import logging
+import math
 import os
 import tempfile
 import uuid
@@ -17,8 +17,11 @@ from typing import Any
 
 import gradio as gr
 from PIL import Image, ImageFilter
+from starlette.middleware import Middleware
 
 from .batching import DynamicBatcher
+from .bodylimit import BodyLimit, body_limit_for
+from .budgets import PixelBudget, start_memory_trimmer
 from .classifier import NSFWClassifier, Prediction
 from .config import Settings
 from .device import gpu_task, on_zero_gpu
@@ -27,6 +30,8 @@ from .fetch import fetch_image_bytes
 from .frames import RULES
 from .images import load_image
 from .loading import HUB_ID
+from .payloads import display_name, payload_source, plain_file_schema
+from .writers import csv_row
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +69,19 @@ SAFE_PREVIEW_JS = """
 """
 
 
+DEFAULT_K = 2  # k-of-n's k, the same on the page, in the API and in the CLI
+MAX_SAMPLED_FRAMES = 64
+
+
 def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> gr.Blocks:
     """The whole page: single image, batch and GIF/video views, examples, and the named API."""
     settings = settings or Settings()
-    classifier = classifier.with_limits(
-        max_pixels=settings.max_pixels, max_bytes=settings.max_file_bytes, frames=settings.frames
-    )
+    classifier = classifier.with_limits(limits=settings.decode_limits, frames=settings.frames)
+    if settings.mcp:
+        from . import mcp_compat
+
+        mcp_compat.install()
+    start_memory_trimmer()
     handlers = Handlers(classifier, settings)
     examples = example_paths()
     bar_count = len(classifier.labels)
@@ -139,7 +151,7 @@ def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> 
                     height="auto",
                     elem_id="batch-gallery",
                 )
-                batch_json = gr.JSON(visible=False)
+                batch_json = gr.JSON(visible=False, label="results")
             with gr.Tab("GIF / video", id="video-tab"), gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=300):
                     media = gr.File(
@@ -159,14 +171,15 @@ def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> 
                     )
                     with gr.Row():
                         min_frames = gr.Number(
-                            value=2, minimum=1, precision=0, label="k", elem_id="min-frames"
+                            value=DEFAULT_K, minimum=1, precision=0, label="k", elem_id="min-frames"
                         )
-                        frame_count = gr.Slider(
-                            1,
-                            64,
+                        frame_count = gr.Number(
                             value=settings.frames,
+                            minimum=1,
+                            maximum=MAX_SAMPLED_FRAMES,
+                            precision=0,
                             step=1,
-                            label="frames sampled",
+                            label=f"frames sampled (1 to {MAX_SAMPLED_FRAMES})",
                             elem_id="frame-count",
                         )
                     media_button = gr.Button("Check frames", variant="primary", elem_id="media-button")
@@ -274,8 +287,20 @@ def build_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> 
             preprocess=False,
             concurrency_id="model",
         )
+    for component in (batch_files, media):
+        _describe_plainly(component)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     return demo
+
+
+def _describe_plainly(component: gr.components.Component) -> None:
+    """Let ``view_api`` describe a file input in one sentence, not Gradio's FileData docstring."""
+    original = component.api_info
+
+    def api_info() -> dict[str, Any]:
+        return plain_file_schema(original())
+
+    component.api_info = api_info  # type: ignore[method-assign]
 
 
 def launch_options(settings: Settings) -> dict[str, Any]:
@@ -289,6 +314,10 @@ def launch_options(settings: Settings) -> dict[str, Any]:
         "run_history": False,  # never keep what users uploaded, not even in their own browser
         "enable_monitoring": False,
         "footer_links": ["api", "gradio"],
+        # JSON bodies no larger than a data: URL of the largest allowed file (see bodylimit.py)
+        "app_kwargs": {
+            "middleware": [Middleware(BodyLimit, max_bytes=body_limit_for(settings.max_file_bytes))]
+        },
     }
     favicon = ASSETS_DIR / "favicon.png"
     if favicon.is_file():
@@ -313,42 +342,45 @@ class Handlers:
             self._score_all = self._score_sources
 
     # --- API endpoints (their docstrings are the API's and the MCP tools' descriptions) ------
-    def classify(self, image: Any) -> dict[str, float] | None:
+    def classify(self, image: Any = None) -> dict[str, float] | None:
         """Score one image: returns every label of the model with its probability.
 
         Args:
-            image: the image to score (JPEG, PNG, WebP, GIF, BMP, TIFF or ICO).
+            image: the image to score (JPEG, PNG, WebP, GIF, BMP, TIFF or ICO), as an upload, a data: URL or an http(s) URL.
         """
         if image is None:
             return None
-        return self._run(payload_source(image)).scores
+        return self._run(self._source(image)).scores
 
-    def moderate(self, image: Any, threshold: float | None = None, url: str | None = None) -> dict[str, Any]:
+    def moderate(
+        self, image: Any = None, threshold: float | None = None, url: str | None = None
+    ) -> dict[str, Any]:
         """Moderate one image (an upload, or an http/https URL) against a threshold.
 
         Args:
-            image: the image to check (JPEG, PNG, WebP, GIF, BMP, TIFF or ICO); may be empty when url is given.
+            image: the image to check (JPEG, PNG, WebP, GIF, BMP, TIFF or ICO), as an upload or a data: URL; leave empty when url is given.
             threshold: flag the image when its nsfw score is at least this (0 to 1; default 0.5).
             url: an http(s) URL of an image, used when no image is uploaded.
         Returns:
             label, scores (every label's probability), nsfw_score, is_nsfw and threshold.
         """
         limit = _threshold(threshold, self.settings.threshold)
+        url = _optional_text(url, "url")
         if image is not None:
-            source = payload_source(image)
-        elif url and url.strip():
+            source = self._source(image)
+        elif url:
             source = self._fetch(url)
         else:
             raise gr.Error("No image was given. Upload an image or give its URL.", print_exception=False)
         return self._run(source).to_dict(limit)
 
     def moderate_batch(
-        self, files: Any, threshold: float | None = None, urls: str | None = None, progress: Any = None
+        self, files: Any = None, threshold: float | None = None, urls: str | None = None, progress: Any = None
     ) -> list[dict[str, Any]]:
         """Moderate many images, GIFs or videos (uploads and/or http/https URLs) at once.
 
         Args:
-            files: the files to check.
+            files: the files to check (uploads or data: URLs); may be empty when urls are given.
             threshold: flag a file when its nsfw score is at least this (0 to 1; default 0.5).
             urls: image URLs, one per line.
         Returns:
@@ -360,14 +392,6 @@ class Handlers:
     def _moderate_named(
         self, named: list[tuple[str, str | bytes | InvalidImageError]], limit: float, progress: Any
     ) -> list[dict[str, Any]]:
-        if not named:
-            raise gr.Error("No files were given. Add images (or URLs) and try again.", print_exception=False)
-        if len(named) > self.settings.max_batch_files:
-            raise gr.Error(
-                f"{len(named)} files were given; at most {self.settings.max_batch_files} are checked at once. "
-                "Split them into smaller batches, or use `nsfw-space scan` for folders.",
-                print_exception=False,
-            )
         outcomes = self._score_all([source for _, source in named], progress)
         rows = []
         for (name, _), outcome in zip(named, outcomes, strict=True):
@@ -388,36 +412,43 @@ class Handlers:
         return rows
 
     def moderate_frames(
-        self, media: Any, threshold: float | None = None, rule: str = "max", k: float = 1, frames: float = 8
+        self,
+        media: Any = None,
+        threshold: float | None = None,
+        rule: str = "max",
+        k: int = DEFAULT_K,
+        frames: int = 8,
     ) -> dict[str, Any]:
         """Moderate an animated GIF/WebP or a short video from evenly spaced frames.
 
         Args:
-            media: the GIF, WebP or video file (mp4, webm, mov, mkv, avi).
+            media: the GIF, WebP or video file (mp4, webm, mov, mkv, avi), as an upload or a data: URL.
             threshold: flag when the summed-up nsfw score is at least this (0 to 1; default 0.5).
             rule: how frames are summed up: max (worst frame), mean, or k-of-n (at least k frames).
-            k: for k-of-n, how many frames must reach the threshold.
+            k: for k-of-n, how many frames must reach the threshold (at most the frames there are).
             frames: how many frames to sample (1 to 64).
         Returns:
-            label, scores, nsfw_score, is_nsfw, threshold, rule, k, frame_scores and frame_times.
+            label, scores, nsfw_score, is_nsfw, threshold, rule, k (as applied), frame_scores and frame_times.
         """
         if media is None:
             raise gr.Error("No file was given. Upload a GIF or a video.", print_exception=False)
         limit = _threshold(threshold, self.settings.threshold)
-        if rule not in RULES:
+        if not isinstance(rule, str) or rule not in RULES:
             raise gr.Error(f"The rule must be one of {', '.join(RULES)}.", print_exception=False)
-        count = int(min(64, max(1, int(frames or self.settings.frames))))
-        at_least = max(1, int(k or 1))
+        count = _whole_number(frames, "frames", 1, MAX_SAMPLED_FRAMES, default=self.settings.frames)
+        at_least = _whole_number(k, "k", 1, MAX_SAMPLED_FRAMES, default=DEFAULT_K)
         view = self.classifier.with_limits(frames=count)
         predict = gpu_task(view.predict) if on_zero_gpu() else view.predict
+        source = self._source(media)
+        budget = PixelBudget(self.settings.max_request_pixels)
         try:
-            prediction = predict(payload_source(media), rule=rule, k=at_least)
+            prediction = predict(source, rule=rule, k=at_least, budget=budget)
         except InvalidImageError as err:
             raise gr.Error(str(err), title="This file can't be checked", print_exception=False) from None
         result = prediction.to_dict(limit)
-        result.update(rule=rule, k=at_least)
         result.setdefault("frame_scores", [round(prediction.nsfw_score, 6)])
         result.setdefault("frame_times", [0.0])
+        result.update(rule=rule, k=min(at_least, len(result["frame_scores"])))
         return result
 
     # --- page-only views -------------------------------------------------------------------------
@@ -433,7 +464,8 @@ class Handlers:
     def url_view(self, url: str, threshold: float | None) -> tuple[dict[str, float], str, dict[str, Any]]:
         """The image tab's URL box: bars, verdict and JSON for the image at ``url``."""
         limit = _threshold(threshold, self.settings.threshold)
-        if not (url or "").strip():
+        url = _optional_text(url, "url")
+        if not url:
             raise gr.Error("Type or paste an image URL first.", print_exception=False)
         prediction = self._run(self._fetch(url))
         return prediction.scores, verdict_html(prediction, limit), prediction.to_dict(limit)
@@ -490,48 +522,95 @@ class Handlers:
     # --- helpers ---------------------------------------------------------------------------------
     def _run(self, source: str | bytes) -> Prediction:
         try:
-            return self._predict(source)
+            return self._predict(source, budget=PixelBudget(self.settings.max_request_pixels))
         except InvalidImageError as err:
             raise gr.Error(str(err), title="This file can't be checked", print_exception=False) from None
 
-    def _fetch(self, url: str) -> bytes:
-        if not self.settings.allow_urls:
-            raise gr.Error("This Space does not fetch URLs; upload the image instead.", print_exception=False)
+    def _source(self, payload: Any) -> str | bytes:
+        """A caller's file payload -> a received file's path or bytes (see :mod:`.payloads`)."""
         try:
-            return fetch_image_bytes(
-                url,
-                max_bytes=self.settings.max_file_bytes,
-                timeout=self.settings.url_timeout,
-                allow_private=self.settings.allow_private_urls,
-            )
+            return self._source_or_error(payload)
+        except InvalidImageError as err:
+            raise gr.Error(str(err), title="This file can't be checked", print_exception=False) from None
+
+    def _source_or_error(self, payload: Any) -> str | bytes:
+        fetch = self._fetch_or_error if self.settings.allow_urls else None
+        return payload_source(payload, max_bytes=self.settings.max_file_bytes, fetch=fetch)
+
+    def _fetch(self, url: str) -> bytes:
+        try:
+            return self._fetch_or_error(url)
         except InvalidImageError as err:
             raise gr.Error(str(err), title="This URL can't be checked", print_exception=False) from None
+
+    def _fetch_or_error(self, url: str, max_bytes: int | None = None) -> bytes:
+        if not self.settings.allow_urls:
+            raise InvalidImageError("This Space does not fetch URLs; upload the image instead.")
+        limit = (
+            self.settings.max_file_bytes
+            if max_bytes is None
+            else min(max_bytes, self.settings.max_file_bytes)
+        )
+        return fetch_image_bytes(
+            url,
+            max_bytes=limit,
+            timeout=self.settings.url_timeout,
+            allow_private=self.settings.allow_private_urls,
+        )
 
     def _batch_sources(
         self, files: Any, urls: str | None
     ) -> list[tuple[str, str | bytes | InvalidImageError]]:
+        """Name and open every file and URL of a batch: counted and checked before anything is
+        fetched; URLs then share one download budget. A bad entry becomes its own error row."""
+        if files is not None and not isinstance(files, (list, tuple)):
+            raise gr.Error("files must be a list of files.", print_exception=False)
+        lines = [line.strip() for line in (_optional_text(urls, "urls") or "").splitlines() if line.strip()]
+        total = len(files or []) + len(lines)
+        if not total:
+            raise gr.Error("No files were given. Add images (or URLs) and try again.", print_exception=False)
+        if total > self.settings.max_batch_files:
+            raise gr.Error(
+                f"{total} files were given; at most {self.settings.max_batch_files} are checked at once. "
+                "Split them into smaller batches, or use `nsfw-space scan` for folders.",
+                print_exception=False,
+            )
         named: list[tuple[str, str | bytes | InvalidImageError]] = []
         for item in files or []:
-            payload = item.model_dump() if hasattr(item, "model_dump") else item
-            name = (payload.get("orig_name") if isinstance(payload, dict) else None) or Path(
-                str(payload.get("path") if isinstance(payload, dict) else payload)
-            ).name
-            named.append((_unique(name, named), payload_source(payload)))
-        for line in (urls or "").splitlines():
-            if line.strip():
-                try:
-                    source: str | bytes | InvalidImageError = self._fetch(line.strip())
-                except gr.Error as err:
-                    source = InvalidImageError(err.message)
-                named.append((_unique(line.strip(), named), source))
+            named.append((_unique(display_name(item), named), self._opened(self._source_or_error, item)))
+        download_left = self.settings.max_batch_download_bytes
+        for line in lines:
+            if download_left <= 0:
+                source: str | bytes | InvalidImageError = InvalidImageError(
+                    f"This batch has already downloaded {self.settings.max_batch_download} from its URLs, "
+                    "its limit; check the remaining URLs in another batch."
+                )
+            else:
+                source = self._opened(self._fetch_or_error, line, download_left)
+            if isinstance(source, bytes):
+                download_left -= len(source)
+            named.append((_unique(line, named), source))
         return named
+
+    @staticmethod
+    def _opened(open_one: Any, *args: Any) -> str | bytes | InvalidImageError:
+        try:
+            return open_one(*args)
+        except InvalidImageError as err:
+            return err
 
     def _score_sources(
         self, sources: list[Any], progress: Any = None
     ) -> list[Prediction | InvalidImageError]:
         outcomes: list[Prediction | InvalidImageError] = []
         readable = [s for s in sources if not isinstance(s, InvalidImageError)]
-        results = iter(self.classifier.iter_predictions(readable, batch_size=self.settings.batch_size))
+        results = iter(
+            self.classifier.iter_predictions(
+                readable,
+                batch_size=self.settings.batch_size,
+                budget=PixelBudget(self.settings.max_request_pixels),
+            )
+        )
         for index, source in enumerate(sources):
             if isinstance(source, InvalidImageError):
                 outcomes.append(source)
@@ -574,40 +653,23 @@ def write_csv(rows: list[dict[str, Any]], labels: list[str]) -> str:
     path = folder / f"moderation-{uuid.uuid4().hex[:12]}.csv"
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "label", *labels, "nsfw_score", "is_nsfw", "threshold", "error"])
+        writer.writerow(csv_row(["file", "label", *labels, "nsfw_score", "is_nsfw", "threshold", "error"]))
         for row in rows:
             scores = row.get("scores") or {}
             writer.writerow(
-                [
-                    row["file"],
-                    row["label"] or "",
-                    *[scores.get(label, "") for label in labels],
-                    "" if row["nsfw_score"] is None else row["nsfw_score"],
-                    "" if row["is_nsfw"] is None else row["is_nsfw"],
-                    row["threshold"],
-                    row["error"],
-                ]
+                csv_row(
+                    [
+                        row["file"],
+                        row["label"] or "",
+                        *[scores.get(label, "") for label in labels],
+                        "" if row["nsfw_score"] is None else row["nsfw_score"],
+                        "" if row["is_nsfw"] is None else row["is_nsfw"],
+                        row["threshold"],
+                        row["error"],
+                    ]
+                )
             )
     return str(path)
-
-
-def payload_source(payload: Any) -> str | bytes:
-    """What Gradio hands over for an image (a FileData dict, a path, or a data: URL) -> path or bytes."""
-    if isinstance(payload, (str, os.PathLike)):
-        return os.fspath(payload)
-    if hasattr(payload, "model_dump"):
-        payload = payload.model_dump()
-    if isinstance(payload, dict):
-        if payload.get("path"):
-            return str(payload["path"])
-        url = payload.get("url") or ""
-        if url.startswith("data:") and "," in url:
-            header, data = url.split(",", 1)
-            if ";base64" in header:
-                return base64.b64decode(data, validate=False)
-    raise gr.Error(
-        "The upload did not arrive as an image file. Try uploading it again.", print_exception=False
-    )
 
 
 def label_scores(label: Any) -> dict[str, float]:
@@ -678,15 +740,50 @@ def footer_markdown(classifier: NSFWClassifier) -> str:
     )
 
 
-def _threshold(value: float | None, default: float) -> float:
+def _threshold(value: Any, default: float) -> float:
+    """A caller's threshold: a number from 0 to 1 (not a boolean, not NaN), else one sentence."""
     if value is None:
         return default
-    try:
-        limit = float(value)
-    except (TypeError, ValueError):
+    limit = _number(value)
+    if limit is None or not 0.0 <= limit <= 1.0:
         raise gr.Error(
-            f"The threshold must be a number between 0 and 1, not {value!r}.", print_exception=False
-        ) from None
-    if not 0.0 <= limit <= 1.0:
-        raise gr.Error(f"The threshold must be between 0 and 1, not {limit}.", print_exception=False)
+            f"The threshold must be a number between 0 and 1, not {_shown(value)}.", print_exception=False
+        )
     return limit
+
+
+def _whole_number(value: Any, name: str, low: int, high: int, *, default: int) -> int:
+    """A caller's count: a whole number from ``low`` to ``high`` (2.0 is 2), else one sentence."""
+    if value is None:
+        return default
+    number = _number(value)
+    if number is None or number != int(number) or not low <= number <= high:
+        raise gr.Error(
+            f"{name} must be a whole number from {low} to {high}, not {_shown(value)}.", print_exception=False
+        )
+    return int(number)
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float; None for booleans, text that is no number, NaN and infinities."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _optional_text(value: Any, name: str) -> str:
+    """A caller's optional text field, stripped; anything but text (or nothing) is refused."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise gr.Error(f"{name} must be text, not {_shown(value)}.", print_exception=False)
+    return value.strip()
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
