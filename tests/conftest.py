@@ -63,6 +63,7 @@ def app_url(classifier, gradio_tmp):
         allow_private_urls=True,
         url_timeout=2.0,
         max_batch_files=10,
+        max_request_pixels=12_000_000,
     )
     demo = build_demo(classifier, settings)
     options = launch_options(settings)
