@@ -34,8 +34,8 @@ def main() -> None:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from nsfw_space import NSFWClassifier
-    from nsfw_space.benchmark import ensure_benchmark_model, make_images
-    from nsfw_space.optimize import Logits
+    from nsfw_space.model.optimize import Logits
+    from nsfw_space.tools.benchmark import ensure_benchmark_model, make_images
 
     workdir = Path(args.workdir)
     model_dir = ensure_benchmark_model(workdir)

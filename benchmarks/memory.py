@@ -23,7 +23,7 @@ import json, os, sys
 os.environ["HF_HUB_OFFLINE"] = "1"
 from pathlib import Path
 from nsfw_space import NSFWClassifier
-from nsfw_space.benchmark import current_rss_mb, make_images
+from nsfw_space.tools.benchmark import current_rss_mb, make_images
 model, workdir, mode = sys.argv[1:4]
 paths = make_images(Path(workdir) / "images", 64)
 clf = NSFWClassifier.from_pretrained(model, optimize=mode)
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="nsfw-bench-"))
-    from nsfw_space.benchmark import ensure_benchmark_model
+    from nsfw_space.tools.benchmark import ensure_benchmark_model
 
     model = ensure_benchmark_model(workdir)
     results = []

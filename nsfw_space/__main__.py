@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli import main
+from nsfw_space.cli import main
 
 if __name__ == "__main__":  # guarded: benchmark servers start in spawned child processes
     sys.exit(main())

@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
-from . import __version__
-from .config import DEFAULT_MODEL, Settings
-from .errors import NSFWSpaceError
+from nsfw_space import __version__, commands
+from nsfw_space.config import DEFAULT_MODEL
+from nsfw_space.errors import NSFWSpaceError
+from nsfw_space.logs import quiet_libraries
+from nsfw_space.modes import FrameRule, Optimization, Precision
 
 logger = logging.getLogger("nsfw_space")
 
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return int(args.run(args) or 0)
     except NSFWSpaceError as err:
@@ -38,25 +39,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _quiet_libraries() -> None:
-    """Keep stderr for our own progress bar and messages."""
-    try:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
-        transformers_logging.set_verbosity_error()
-    except ImportError:
-        pass
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nsfw-space", description="NSFW image moderation with a ViT classifier."
     )
     parser.add_argument("--version", action="version", version=f"nsfw-space {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    scan = commands.add_parser(
+    adders = (_add_scan, _add_serve, _add_loadtest, _add_bench, _add_train, _add_eval)
+    for add in adders:
+        add(subcommands).add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
+    return parser
+
+
+def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
+    scan = subcommands.add_parser(
         "scan", help="score every image (and GIF/video) under folders; CSV or JSON Lines out"
     )
     scan.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (walked recursively)")
@@ -71,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--resume", action="store_true", help="skip files already in --output and append")
     scan.add_argument(
         "--frame-rule",
-        choices=["max", "mean", "k-of-n"],
+        choices=FrameRule.values(),
         default="max",
         help="how GIF/video frames are summed up",
     )
@@ -79,13 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-frames", type=_positive_int, default=2, help="k, for --frame-rule k-of-n (default 2)"
     )
     scan.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    scan.set_defaults(run=_run_scan)
+    scan.set_defaults(run=commands.run_scan)
+    return scan
 
-    serve = commands.add_parser("serve", help="start the Gradio app (as app.py does)")
+
+def _add_serve(subcommands: Any) -> argparse.ArgumentParser:
+    serve = subcommands.add_parser("serve", help="start the Gradio app (as app.py does)")
     _model_options(serve)
-    serve.set_defaults(run=_run_serve)
+    serve.set_defaults(run=commands.run_serve)
+    return serve
 
-    load = commands.add_parser("loadtest", help="N concurrent gradio_client users against a local Space")
+
+def _add_loadtest(subcommands: Any) -> argparse.ArgumentParser:
+    load = subcommands.add_parser("loadtest", help="N concurrent gradio_client users against a local Space")
     load.add_argument(
         "url", nargs="?", default=None, help="the Space's URL on this machine (default: start one)"
     )
@@ -98,9 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--pid", type=int, default=None, help="server process id, to report its memory")
     load.add_argument("--max-seconds", type=float, default=300.0, help="stop after this long (default 300)")
-    load.set_defaults(run=_run_loadtest)
+    load.set_defaults(run=commands.run_loadtest)
+    return load
 
-    bench = commands.add_parser(
+
+def _add_bench(subcommands: Any) -> argparse.ArgumentParser:
+    bench = subcommands.add_parser(
         "bench", help="the model card's snippet and this package side by side (speed, scores, memory)"
     )
     bench.add_argument("--model", "-m", default=None, help="model directory (default: a random ViT-B/16)")
@@ -108,14 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=_positive_int, default=2, help="alternating rounds (default 2)")
     bench.add_argument("--batch-size", type=_positive_int, default=16, help="our batch size (default 16)")
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    bench.add_argument("--precision", default="auto", choices=Precision.values())
     bench.add_argument("--compile", action="store_true", help="also time torch.compile (slow warm-up)")
     bench.add_argument("--api", action="store_true", help="also time /classify through gradio_client")
     bench.add_argument("--api-calls", type=_positive_int, default=30, help="calls per server (default 30)")
     bench.add_argument("--workdir", default=None, help="keep the generated model and images here")
-    bench.set_defaults(run=_run_bench)
+    bench.set_defaults(run=commands.run_bench)
+    return bench
 
-    training = commands.add_parser(
+
+def _add_train(subcommands: Any) -> argparse.ArgumentParser:
+    training = subcommands.add_parser(
         "train", help="fine-tune a ViT on labelled folders (the model card's recipe)"
     )
     training.add_argument(
@@ -133,9 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     training.add_argument("--seed", type=int, default=42)
     training.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    training.set_defaults(run=_run_train)
+    training.set_defaults(run=commands.run_train)
+    return training
 
-    evaluation = commands.add_parser("eval", help="metrics, a chosen threshold and plots on labelled folders")
+
+def _add_eval(subcommands: Any) -> argparse.ArgumentParser:
+    evaluation = subcommands.add_parser(
+        "eval", help="metrics, a chosen threshold and plots on labelled folders"
+    )
     evaluation.add_argument(
         "data_dir", metavar="DATA_DIR", help="one subfolder per label (or a test/ folder of them)"
     )
@@ -147,178 +161,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--batch-size", type=_positive_int, default=None)
     evaluation.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-    evaluation.set_defaults(run=_run_eval)
-
-    for sub in (scan, serve, load, bench, training, evaluation):
-        sub.add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
-    return parser
+    evaluation.set_defaults(run=commands.run_eval)
+    return evaluation
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", "-m", default=None, help=f"hub id or local directory (default {DEFAULT_MODEL})"
+        "--model",
+        "-m",
+        default=None,
+        help=f"hub id or local directory (default: NSFW_SPACE_MODEL if set, else {DEFAULT_MODEL})",
     )
     parser.add_argument("--revision", default=None, help="hub revision to pin")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default=None, choices=Precision.values())
     parser.add_argument(
         "--optimize",
         default=None,
-        choices=["auto", "none", "jit", "compile"],
+        choices=Optimization.values(),
         help="forward-pass speed-up (default auto)",
     )
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(
-        model=args.model,
-        revision=args.revision,
-        device=args.device,
-        precision=args.precision,
-        optimize=args.optimize,
-        threshold=getattr(args, "threshold", None),
-        batch_size=getattr(args, "batch_size", None),
-    )
-
-
-def _run_scan(args: argparse.Namespace) -> int:
-    from .classifier import NSFWClassifier
-    from .scan import scan
-
-    settings = _settings(args)
-    classifier = NSFWClassifier.from_settings(settings)
-    started = time.perf_counter()
-    summary = scan(
-        classifier,
-        args.paths,
-        threshold=settings.threshold,
-        batch_size=settings.batch_size,
-        output=args.output,
-        resume=args.resume,
-        progress=not args.quiet,
-        rule=args.frame_rule,
-        k=args.min_frames,
-    )
-    seconds = time.perf_counter() - started
-    rate = summary.files / seconds if seconds > 0 else 0.0
-    skipped = f", {summary.skipped} already done" if summary.skipped else ""
-    print(
-        f"scanned {summary.files} files in {seconds:.1f} s ({rate:.1f}/s): {summary.flagged} flagged nsfw "
-        f"at threshold {settings.threshold}, {summary.errors} unreadable{skipped}",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def _run_serve(args: argparse.Namespace) -> int:
-    from .classifier import NSFWClassifier
-    from .ui import build_demo, launch_options
-
-    logging.getLogger("nsfw_space").setLevel(logging.INFO)
-    settings = _settings(args)
-    demo = build_demo(NSFWClassifier.from_settings(settings), settings)
-    demo.launch(**launch_options(settings))
-    return 0
-
-
-def _run_loadtest(args: argparse.Namespace) -> int:
-    from .loadtest import format_report, run_loadtest, start_local_server
-
-    process = None
-    url, pid = args.url, args.pid
-    if url is None:
-        process, url = start_local_server()
-        pid = process.pid
-    try:
-        results = run_loadtest(
-            url,
-            args.image,
-            users=args.users,
-            rounds=args.rounds,
-            server_pid=pid,
-            max_seconds=args.max_seconds,
-        )
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
-    print(format_report(results, args.users))
-    return 0
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from .benchmark import ensure_benchmark_model, run_api_benchmark, run_benchmark
-
-    workdir = args.workdir or tempfile.mkdtemp(prefix="nsfw-bench-")
-    model = args.model or ensure_benchmark_model(Path(workdir))
-    print(
-        run_benchmark(
-            model_dir=model,
-            images=args.images,
-            rounds=args.rounds,
-            batch_size=args.batch_size,
-            precision=args.precision,
-            device=args.device,
-            compile_model=args.compile,
-            workdir=workdir,
-        ),
-        flush=True,
-    )
-    if args.api:
-        print()
-        print(
-            run_api_benchmark(
-                model_dir=model, calls=args.api_calls, precision=args.precision, workdir=workdir
-            )
-        )
-    return 0
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from .training import train, training_stats_text
-
-    if not args.quiet:
-        _show_library_progress()
-    stats = train(
-        args.data_dir,
-        args.output_dir,
-        base=args.base,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        epochs=args.epochs,
-        eval_split=args.eval_split,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    print(f"model written to {args.output_dir}\nTraining Stats:\n{training_stats_text(stats)}")
-    return 0
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    from .classifier import NSFWClassifier
-    from .evaluation import evaluate, summary_text
-
-    settings = _settings(args)
-    metrics = evaluate(
-        NSFWClassifier.from_settings(settings),
-        args.data_dir,
-        args.output_dir,
-        target_precision=args.target_precision,
-        threshold=settings.threshold,
-        batch_size=settings.batch_size,
-        progress=not args.quiet,
-    )
-    print(summary_text(metrics))
-    print(f"metrics and plots written to {args.output_dir}")
-    return 0
-
-
-def _show_library_progress() -> None:
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.enable_progress_bar()
 
 
 def _positive_int(text: str) -> int:

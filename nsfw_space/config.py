@@ -6,8 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from .budgets import DecodeLimits
-from .errors import ConfigError
+from nsfw_space.errors import ConfigError
+from nsfw_space.media.budgets import DecodeLimits
+from nsfw_space.modes import Optimization, Precision
 
 DEFAULT_MODEL = "Falconsai/nsfw_image_detection"
 ENV_PREFIX = "NSFW_SPACE_"
@@ -115,11 +116,11 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"NSFW_SPACE_{name.upper()} must be at least 1.")
-        if self.optimize not in ("auto", "none", "jit", "compile"):
+        if self.optimize not in Optimization.values():
             raise ConfigError(
                 f"NSFW_SPACE_OPTIMIZE must be auto, none, jit or compile, got {self.optimize!r}."
             )
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+        if self.precision not in Precision.values():
             raise ConfigError(
                 f"NSFW_SPACE_PRECISION must be auto, fp32, bf16 or fp16, got {self.precision!r}."
             )

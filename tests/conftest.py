@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nsfw_space import NSFWClassifier, Settings
-from nsfw_space.testing import build_model_dir, varied_image
+from nsfw_space.tools.synthetic import build_model_dir, varied_image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,10 +51,10 @@ def gradio_tmp(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def app_url(classifier, gradio_tmp):
     """The Space's page built around the tiny classifier, launched on 127.0.0.1."""
-    from nsfw_space.ui import build_demo, launch_options
+    from nsfw_space.space.demo import create_demo, launch_options
 
     # allow_private_urls is the test-only door for URL tests against servers started on 127.0.0.1
     settings = Settings(
@@ -65,7 +65,7 @@ def app_url(classifier, gradio_tmp):
         max_batch_files=10,
         max_request_pixels=12_000_000,
     )
-    demo = build_demo(classifier, settings)
+    demo = create_demo(classifier, settings)
     options = launch_options(settings)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **options)
     try:
@@ -74,7 +74,7 @@ def app_url(classifier, gradio_tmp):
         demo.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(app_url):
     from gradio_client import Client
 

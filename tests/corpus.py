@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from nsfw_space.testing import jpeg_bytes, varied_image
+from nsfw_space.tools.synthetic import jpeg_bytes, varied_image
 
 
 def _save(image: Image.Image, fmt: str, **options) -> bytes:

@@ -67,9 +67,9 @@ def raw_call(base_url: str, api_name: str, data: list[Any], timeout: float = 120
 @contextmanager
 def launched(classifier: Any, settings: Any) -> Iterator[str]:
     """The Space built around ``classifier`` with ``settings``, on 127.0.0.1; yields its URL."""
-    from nsfw_space.ui import build_demo, launch_options
+    from nsfw_space.space.demo import create_demo, launch_options
 
-    demo = build_demo(classifier, settings)
+    demo = create_demo(classifier, settings)
     _, url, _ = demo.launch(
         prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_options(settings)
     )
@@ -176,14 +176,14 @@ def start_app(model_dir: Path, tmp_dir: Path, **settings: str) -> tuple[subproce
         "HF_HUB_OFFLINE": "1",
         **{f"NSFW_SPACE_{key.upper()}": str(value) for key, value in settings.items()},
     }
-    process = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    log = open(tmp_dir / "app.log", "wb")  # noqa: SIM115 - the server writes to it while it runs
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    process.log_path = tmp_dir / "app.log"  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"app.py exited: {process.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"app.py exited: {(tmp_dir / 'app.log').read_text()[-2000:]}")
         try:
             if httpx.get(f"{url}gradio_api/info", timeout=2).status_code == 200:
                 return process, url

@@ -70,6 +70,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_app_py_starts_on_the_configured_port_and_serves(model_dir, images, tmp_path):
     port = _free_port()
     env = dict(
@@ -97,6 +98,7 @@ def test_app_py_starts_on_the_configured_port_and_serves(model_dir, images, tmp_
     assert "Traceback" not in output
 
 
+@pytest.mark.slow
 def test_app_py_with_a_missing_model_says_what_to_set(tmp_path):
     env = dict(os.environ, NSFW_SPACE_MODEL=str(tmp_path / "nowhere"), GRADIO_SERVER_PORT=str(_free_port()))
     result = subprocess.run(

@@ -14,10 +14,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from nsfw_space import InvalidImageError, NSFWClassifier, Settings
-from nsfw_space.fetch import fetch_image_bytes
-from nsfw_space.frames import summarise
-from nsfw_space.testing import varied_image, write_video
-from nsfw_space.ui import thumbnail
+from nsfw_space.media.fetch import fetch_image_bytes
+from nsfw_space.model.rules import summarise
+from nsfw_space.space.render import thumbnail
+from nsfw_space.tools.synthetic import varied_image, write_video
 from tests.helpers import launched
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from nsfw_space import InvalidImageError, ModelLoadError, NSFWClassifier, Prediction
-from nsfw_space.testing import build_model_dir, varied_image
+from nsfw_space.tools.synthetic import build_model_dir, varied_image
 
 
 def card_pipeline_scores(model_dir, path) -> dict[str, float]:

@@ -105,6 +105,7 @@ def test_bad_arguments_exit_2(folder, model_dir, tmp_path):
     assert wrong_suffix.returncode == 2 and ".csv or .jsonl" in wrong_suffix.stderr
 
 
+@pytest.mark.slow
 def test_loadtest_answers_or_refuses_busy_with_no_failures(model_dir, images):
     result = run_cli(
         "loadtest",

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from nsfw_space import InvalidImageError, NSFWClassifier
-from nsfw_space.images import load_frames
+from nsfw_space.media.images import load_frames
 from tests.corpus import readable_files, refused_files
 
 READABLE = readable_files()
@@ -159,10 +159,10 @@ def test_nothing_about_an_upload_is_logged(client, images, tmp_path, caplog):
 
 def test_uploads_are_deleted_on_a_schedule_and_nothing_is_flagged(classifier):
     from nsfw_space import Settings
-    from nsfw_space.ui import build_demo, launch_options
+    from nsfw_space.space.demo import create_demo, launch_options
 
     settings = Settings(cache_minutes=10)
-    demo = build_demo(classifier, settings)
+    demo = create_demo(classifier, settings)
     assert demo.delete_cache == (300, 600)
     assert launch_options(settings)["run_history"] is False
     assert not [block for block in demo.blocks.values() if "flag" in type(block).__name__.lower()]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nsfw_space.images import load_image, to_rgb
-from nsfw_space.testing import varied_image
+from nsfw_space.media.images import load_image, to_rgb
+from nsfw_space.tools.synthetic import varied_image
 
 
 def _png(image: Image.Image) -> bytes:

@@ -82,7 +82,7 @@ def test_bad_setting_values_are_refused():
 def test_auto_precision_follows_the_cpu(monkeypatch):
     import torch
 
-    from nsfw_space import device
+    from nsfw_space.model import device
 
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
     assert device.resolve_precision("auto", torch.device("cpu")) == torch.bfloat16

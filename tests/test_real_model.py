@@ -7,7 +7,7 @@ import os
 import pytest
 
 from nsfw_space import DEFAULT_MODEL, NSFWClassifier
-from nsfw_space.ui import example_paths
+from nsfw_space.space.demo import example_paths
 
 pytestmark = [
     pytest.mark.real_model,

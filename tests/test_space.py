@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -72,6 +73,7 @@ def _import_app(model_dir, tmp_path, extra_env=None, prelude=""):
     )
 
 
+@pytest.mark.slow
 def test_app_imports_with_the_spaces_package(model_dir, tmp_path):
     import importlib.util
 
@@ -81,6 +83,7 @@ def test_app_imports_with_the_spaces_package(model_dir, tmp_path):
     assert result.stdout.strip().endswith("True")
 
 
+@pytest.mark.slow
 def test_app_imports_without_the_spaces_package(model_dir, tmp_path):
     result = _import_app(
         model_dir, tmp_path, prelude="import sys\nsys.modules['spaces'] = None  # not installed\n"
@@ -89,6 +92,7 @@ def test_app_imports_without_the_spaces_package(model_dir, tmp_path):
     assert result.stdout.strip().endswith("False")
 
 
+@pytest.mark.slow
 def test_on_zerogpu_the_model_calls_run_inside_spaces_gpu(model_dir, tmp_path):
     stub = tmp_path / "stub"
     (stub / "spaces").mkdir(parents=True)

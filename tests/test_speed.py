@@ -12,8 +12,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from nsfw_space import InvalidImageError, NSFWClassifier
-from nsfw_space.batching import DynamicBatcher
-from nsfw_space.testing import jpeg_bytes, varied_image
+from nsfw_space.space.batching import DynamicBatcher
+from nsfw_space.tools.synthetic import jpeg_bytes, varied_image
 from tests.test_classifier import card_pipeline_scores
 
 
@@ -51,6 +51,7 @@ def test_fast_paths_stay_within_001_of_the_card(model_dir, photos, card_scores, 
         assert prediction.nsfw_score == pytest.approx(card_scores[prediction.source], abs=0.01)
 
 
+@pytest.mark.slow
 def test_torch_compile_path_stays_within_001_of_the_card(model_dir, photos, card_scores):
     clf = NSFWClassifier.from_pretrained(str(model_dir), precision="bf16", optimize="none")
     assert clf.optimize("compile", batch_size=4) == "compile"
@@ -125,6 +126,7 @@ def test_concurrent_api_calls_with_one_bad_file(client, images, tmp_path):
             assert {item["label"] for item in job.result(timeout=60)["confidences"]} == {"normal", "nsfw"}
 
 
+@pytest.mark.slow
 def test_bench_command_prints_the_side_by_side_comparison(model_dir, tmp_path):
     from tests.test_cli import run_cli
 

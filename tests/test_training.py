@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from nsfw_space import NSFWClassifier
-from nsfw_space.testing import PROCESSOR_CONFIG, VIT_TINY
+from nsfw_space.tools.synthetic import PROCESSOR_CONFIG, VIT_TINY
 from tests.test_cli import run_cli
 
 # The five Training Stats keys of the model card, as it prints them.
@@ -20,6 +20,9 @@ CARD_STATS = (
     "eval_samples_per_second",
     "eval_steps_per_second",
 )
+
+
+pytestmark = pytest.mark.slow  # trains tiny models and writes plots: seconds each
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,12 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from nsfw_space import InvalidImageError, NSFWClassifier, Settings
-from nsfw_space.budgets import DecodeLimits, PixelBudget
-from nsfw_space.images import load_frames
-from nsfw_space.payloads import NOT_RECEIVED, data_url_bytes, payload_source
-from nsfw_space.testing import jpeg_bytes, varied_image
-from nsfw_space.ui import Handlers
-from nsfw_space.writers import csv_cell, csv_text
+from nsfw_space.bulk.writers import csv_cell, csv_text
+from nsfw_space.media.budgets import DecodeLimits, PixelBudget
+from nsfw_space.media.images import load_frames
+from nsfw_space.space.payloads import NOT_RECEIVED, data_url_bytes, payload_source
+from nsfw_space.space.views import PageViews
+from nsfw_space.tools.synthetic import jpeg_bytes, varied_image
 from tests.helpers import (
     big_gif,
     big_png,
@@ -112,7 +112,7 @@ def test_in_process_batch_rows_refuse_paths_never_received(classifier, server_fi
     received = gradio_tmp / "batch-ok" / "ok.jpg"
     received.parent.mkdir(exist_ok=True)
     shutil.copy(images[0], received)
-    handlers = Handlers(classifier, Settings())
+    handlers = PageViews(classifier, Settings())
     rows = handlers.moderate_batch(
         [{"path": str(received)}, *({"path": str(p)} for p in server_files.values())]
     )
@@ -146,7 +146,7 @@ def test_payloads_outside_the_upload_folder_are_refused_in_python(server_files, 
 
 # --- 6. data: URLs are measured before they are decoded -----------------------------------------
 def test_an_oversized_data_url_is_refused_before_decoding(monkeypatch):
-    import nsfw_space.payloads as payloads
+    import nsfw_space.space.payloads as payloads
 
     def never(*args, **kwargs):
         raise AssertionError("decoded before the size check")
@@ -301,7 +301,7 @@ def _formula_cells(path: Path) -> list[str]:
 
 
 def test_the_batch_views_csv_neutralises_file_names_and_urls(classifier, gradio_tmp, images):
-    handlers = Handlers(classifier, Settings(allow_private_urls=True, url_timeout=2.0))
+    handlers = PageViews(classifier, Settings(allow_private_urls=True, url_timeout=2.0))
     files = []
     for index, name in enumerate(FORMULA_NAMES):
         received = gradio_tmp / f"received-{index}" / "upload.jpg"
@@ -329,7 +329,7 @@ def test_scan_csv_neutralises_names_and_resume_still_matches_them(model_dir, ima
     assert _formula_cells(output) == []
     again = run_cli("scan", ".", "-m", str(model_dir), "-o", str(output), "-q", "--resume", cwd=folder)
     assert again.returncode == 0, again.stderr
-    assert f"{len(FORMULA_NAMES)} already done" in again.stderr
+    assert f"nothing to scan: all {len(FORMULA_NAMES)} already in" in again.stderr  # every name matched
     with output.open(newline="", encoding="utf-8") as handle:
         assert len(list(csv.DictReader(handle))) == len(FORMULA_NAMES)
 
@@ -508,7 +508,7 @@ def test_the_mcp_layer_measures_data_urls_before_decoding_them():
 
     from gradio.mcp import GradioMCPServer
 
-    from nsfw_space import mcp_compat
+    from nsfw_space.space import mcp_compat
 
     mcp_compat.install()
     server = SimpleNamespace(blocks=SimpleNamespace(max_file_size=2 * 2**20))
@@ -527,10 +527,15 @@ def own_server(model_dir, tmp_path_factory):
     try:
         yield process, url
     finally:
+        died = process.poll()
         process.terminate()
         process.wait(timeout=30)
+        if died is not None:  # say why, instead of a bare connection error in the next test
+            log = process.log_path.read_text(errors="replace")[-3000:]
+            pytest.fail(f"python app.py died (exit {died}); the end of its log:\n{log}")
 
 
+@pytest.mark.slow
 def test_first_batch_and_concurrent_single_calls_give_each_image_its_own_score(
     own_server, model_dir, tmp_path
 ):
@@ -565,6 +570,7 @@ def test_first_batch_and_concurrent_single_calls_give_each_image_its_own_score(
         assert answer["nsfw_score"] == pytest.approx(expected[path.name], abs=1e-4), path.name
 
 
+@pytest.mark.slow
 def test_refused_data_urls_do_not_pile_up_in_memory(own_server):
     # Gradio keeps each API call's inputs in a session of its own (thousands are kept): without
     # care, every refused 27 MB data: URL stayed in memory (measured 655 -> 792 MB over six calls)
@@ -658,11 +664,13 @@ def _run_bombs(process, url: str, bombs: dict[str, Path], normal: dict) -> tuple
     return start, report
 
 
+@pytest.mark.slow
 def test_every_bomb_is_bounded_in_peak_memory_and_the_server_goes_on(own_server, bombs, images):
     process, url = own_server
     _run_bombs(process, url, bombs, upload(url, images[0]))
 
 
+@pytest.mark.slow
 def test_memory_returns_within_150_mb_after_the_hostile_suite(own_server, bombs, images):
     process, url = own_server
     start, report = _run_bombs(process, url, bombs, upload(url, images[0]))

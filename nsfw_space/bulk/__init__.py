@@ -1,0 +1,1 @@
+"""Moderating many files: folder scans and the writers of their rows."""

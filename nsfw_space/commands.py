@@ -1,0 +1,177 @@
+"""What each CLI command does, once its arguments are parsed (see cli.py): check the inputs, then
+load what is needed and call one function. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from nsfw_space.config import Settings
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        model=args.model,
+        revision=args.revision,
+        device=args.device,
+        precision=args.precision,
+        optimize=args.optimize,
+        threshold=getattr(args, "threshold", None),
+        batch_size=getattr(args, "batch_size", None),
+    )
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    from nsfw_space.bulk.scan import plan_scan, scan
+
+    settings = settings_from(args)
+    plan = plan_scan(args.paths, args.output, args.resume)  # inputs and output checked first
+    if not plan.files:
+        done = (
+            f"all {plan.skipped} already in {args.output}"
+            if plan.skipped
+            else "no image or video files found"
+        )
+        print(f"nothing to scan: {done}", file=sys.stderr)
+        return 0
+
+    from nsfw_space.model.classifier import NSFWClassifier
+
+    classifier = NSFWClassifier.from_settings(settings)
+    started = time.perf_counter()
+    summary = scan(
+        classifier,
+        plan,
+        threshold=settings.threshold,
+        batch_size=settings.batch_size,
+        progress=not args.quiet,
+        rule=args.frame_rule,
+        k=args.min_frames,
+    )
+    seconds = time.perf_counter() - started
+    rate = summary.files / seconds if seconds > 0 else 0.0
+    skipped = f", {summary.skipped} already done" if summary.skipped else ""
+    print(
+        f"scanned {_count(summary.files, 'file')} in {seconds:.1f} s ({rate:.1f}/s): {summary.flagged} "
+        f"flagged nsfw at threshold {settings.threshold}, {summary.errors} unreadable{skipped}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from nsfw_space.space.demo import demo_from_settings, launch_options
+
+    logging.getLogger("nsfw_space").setLevel(logging.INFO)
+    settings = settings_from(args)
+    demo_from_settings(settings).launch(**launch_options(settings))
+    return 0
+
+
+def run_loadtest(args: argparse.Namespace) -> int:
+    from nsfw_space.tools.loadtest import format_report, run_loadtest, start_local_server
+
+    process = None
+    url, pid = args.url, args.pid
+    if url is None:
+        process, url = start_local_server()
+        pid = process.pid
+    try:
+        results = run_loadtest(
+            url,
+            args.image,
+            users=args.users,
+            rounds=args.rounds,
+            server_pid=pid,
+            max_seconds=args.max_seconds,
+        )
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=30)
+    print(format_report(results, args.users))
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from nsfw_space.tools.benchmark import ensure_benchmark_model, run_api_benchmark, run_benchmark
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="nsfw-bench-")
+    model = args.model or ensure_benchmark_model(Path(workdir))
+    print(
+        run_benchmark(
+            model_dir=model,
+            images=args.images,
+            rounds=args.rounds,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            device=args.device,
+            compile_model=args.compile,
+            workdir=workdir,
+        ),
+        flush=True,
+    )
+    if args.api:
+        print()
+        print(
+            run_api_benchmark(
+                model_dir=model, calls=args.api_calls, precision=args.precision, workdir=workdir
+            )
+        )
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from nsfw_space.training.train import train, training_stats_text
+
+    if not args.quiet:
+        show_library_progress()
+    stats = train(
+        args.data_dir,
+        args.output_dir,
+        base=args.base,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        eval_split=args.eval_split,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(f"model written to {args.output_dir}\nTraining Stats:\n{training_stats_text(stats)}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from nsfw_space.model.classifier import NSFWClassifier
+    from nsfw_space.training.evaluate import evaluate, require_plotting, summary_text
+
+    require_plotting()  # before the model loads and every image is scored
+
+    settings = settings_from(args)
+    metrics = evaluate(
+        NSFWClassifier.from_settings(settings),
+        args.data_dir,
+        args.output_dir,
+        target_precision=args.target_precision,
+        threshold=settings.threshold,
+        batch_size=settings.batch_size,
+        progress=not args.quiet,
+    )
+    print(summary_text(metrics))
+    print(f"metrics and plots written to {args.output_dir}")
+    return 0
+
+
+def show_library_progress() -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()

@@ -1,0 +1,25 @@
+"""Quiet third-party output for the doors (CLI, app.py): our own lines stay readable.
+
+Environment defaults are read by transformers and huggingface_hub when they load, so nothing heavy
+is imported here; a user's own settings of the same variables win.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+QUIET_ENVIRONMENT = {
+    "TRANSFORMERS_VERBOSITY": "error",  # no advisory warnings while loading (e.g. loss_type)
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # no weight-loading progress bar
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "gradio_client")
+
+
+def quiet_libraries() -> None:
+    """Set the quiet defaults and keep chatty HTTP loggers at WARNING."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,206 @@
+"""Hard limits on decoding: what one input, one request and the whole process may decode.
+
+- ``DecodeLimits``: one input's limits (bytes, pixels of any one frame *after* it is decoded,
+  frames looked at in an animation or video, seconds of decoding).
+- ``PixelBudget``: the decoded pixels one request (a single image, or a whole batch) may spend.
+- ``PixelGate``: the decoded pixels the whole process holds at full size at once; a large decode
+  waits until others have shrunk theirs, so concurrent bombs cannot add up.
+- ``release_memory()``: hands large freed decode buffers back to the operating system.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from nsfw_space.errors import InvalidImageError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 80_000_000
+DEFAULT_MAX_ANIMATION_FRAMES = 1000
+DEFAULT_MAX_ANIMATION_PIXELS = 24_000_000
+DEFAULT_DECODE_SECONDS = 15.0
+DEFAULT_REQUEST_PIXELS = 400_000_000
+DEFAULT_GATE_PIXELS = 100_000_000
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one input may cost to decode."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Largest frame (width x height), checked from the header and again after each frame is read."""
+    max_bytes: int | None = None
+    """Largest encoded input."""
+    max_animation_frames: int = DEFAULT_MAX_ANIMATION_FRAMES
+    """Frames of an animation or video looked at; later frames are not read."""
+    max_animation_pixels: int = DEFAULT_MAX_ANIMATION_PIXELS
+    """Largest canvas of an animated image: Pillow holds a later GIF frame in about 9 bytes a
+    pixel (measured: +687 MB for one 80-megapixel frame), so animations get a lower limit."""
+    seconds: float = DEFAULT_DECODE_SECONDS
+    """Decoding time allowed for one input."""
+
+    def deadline(self) -> float:
+        return time.monotonic() + self.seconds
+
+    def check_frame(self, width: int, height: int, what: str = "A frame of this file") -> None:
+        """Refuse a frame whose real size (after canvas growth or a size change) is over the limit."""
+        if width * height > self.max_pixels:
+            raise InvalidImageError(
+                f"{what} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
+                f"the limit is {self.max_pixels / 1e6:.0f} megapixels. Resize it and try again."
+            )
+
+    def check_animation_frame(self, width: int, height: int) -> None:
+        """Refuse an animation whose canvas (as it is now, after any growth) is over its limit."""
+        limit = min(self.max_pixels, self.max_animation_pixels)
+        if width * height > limit:
+            raise InvalidImageError(
+                f"A frame of this animation is {width}x{height} pixels ({width * height / 1e6:.0f} "
+                f"megapixels); animations are read up to {limit / 1e6:.0f} megapixels a frame. "
+                "Resize it and try again."
+            )
+
+    def check_time(self, deadline: float) -> None:
+        if time.monotonic() > deadline:
+            raise InvalidImageError(
+                f"Decoding this file took longer than {self.seconds:.0f} seconds, so it was stopped. "
+                "Use a smaller or shorter file."
+            )
+
+
+class PixelBudget:
+    """The decoded pixels one request may spend, shared by the threads that decode its files."""
+
+    def __init__(self, pixels: int) -> None:
+        self.total = int(pixels)
+        self._left = int(pixels)
+        self._lock = threading.Lock()
+
+    def spend(self, pixels: int) -> None:
+        with self._lock:
+            if pixels > self._left:
+                self._left = 0
+                raise InvalidImageError(
+                    f"This request has used up its decoding budget of {self.total / 1e6:.0f} megapixels; "
+                    "check the remaining files in another request."
+                )
+            self._left -= pixels
+
+    @property
+    def left(self) -> int:
+        return self._left
+
+
+class PixelGate:
+    """A process-wide weighted semaphore over full-size decoded pixels.
+
+    A decode of ``n`` pixels waits while others hold more than ``capacity - n``; one decode alone
+    always proceeds (its own size is already bounded by ``DecodeLimits.max_pixels``).
+    """
+
+    def __init__(self, capacity: int = DEFAULT_GATE_PIXELS) -> None:
+        self.capacity = int(capacity)
+        self._held = 0
+        self._condition = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        with self._condition:
+            while self._held and self._held + pixels > self.capacity:
+                self._condition.wait()
+            self._held += pixels
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._held -= pixels
+                self._condition.notify_all()
+            if pixels >= LARGE_DECODE_PIXELS:
+                release_memory()
+
+
+GATE = PixelGate()
+LARGE_DECODE_PIXELS = 4_000_000  # after a decode this large, freed memory goes back to the OS
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _libc()
+
+
+_trimmer_started = threading.Event()
+M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
+M_MMAP_THRESHOLD = -3
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def start_memory_trimmer(interval: float = 5.0, growth_mb: float = 64.0) -> None:
+    """Hand freed heap back to the OS every ``interval`` seconds, in a daemon thread (once per
+    process). It catches what no decode of ours can: large request bodies parsed by the web
+    server. Those sit in reference cycles that only a full garbage collection frees (a large
+    string does not advance the collector's counters: eight refused 27 MB data: URLs took a
+    Space from 625 to 1383 MB), so when resident memory has grown by ``growth_mb`` since the last
+    collection, a full collection runs first. A trim of an idle heap takes well under a
+    millisecond; a collection runs only after such growth."""
+    if _LIBC is None or _trimmer_started.is_set():
+        return
+    _trimmer_started.set()
+    if hasattr(_LIBC, "mallopt"):
+        # Each decode thread would get a malloc arena of its own, where freed image buffers
+        # fragment and stay; two arenas keep them where the trim reaches them.
+        _LIBC.mallopt(M_ARENA_MAX, 2)
+        # glibc raises its mmap threshold after large frees (up to 32 MB), after which request
+        # bodies and image buffers land in the heap and fragment; a fixed 1 MB threshold keeps
+        # every large buffer mmapped, so freeing it returns it to the OS at once.
+        _LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+    def trim_forever() -> None:
+        baseline = resident_mb()  # the lowest reading since the last collection
+        while True:
+            time.sleep(interval)
+            release_memory()
+            now = resident_mb()
+            if now - baseline > growth_mb:
+                gc.collect()
+                release_memory()
+                now = resident_mb()
+                baseline = now
+            baseline = min(baseline, now)
+
+    threading.Thread(target=trim_forever, name="nsfw-memory-trimmer", daemon=True).start()
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * PAGE_BYTES / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``); a no-op elsewhere.
+
+    Pillow allocates large images in blocks that glibc keeps in its heap after they are freed;
+    without this, one 80-megapixel decode leaves the process a few hundred MB larger for good.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)

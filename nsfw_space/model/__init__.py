@@ -1,0 +1,1 @@
+"""The classifier: loading, device and precision, preprocessing, optimised forward passes, results."""

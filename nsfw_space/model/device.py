@@ -1,0 +1,94 @@
+"""The one place that chooses the device and the numeric precision."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+from nsfw_space.errors import ConfigError
+from nsfw_space.modes import Precision
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
+F = TypeVar("F", bound=Callable)
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """``auto`` -> the first CUDA GPU if there is one, else the CPU; anything else as given."""
+    requested = (requested or "auto").strip().lower()
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise ConfigError(f"Unknown device {requested!r}; use auto, cpu or cuda.") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"Device {requested!r} was asked for but no CUDA GPU is available; use auto or cpu."
+        )
+    return device
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 in hardware (AMX-BF16 or AVX512-BF16)."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    for probe in probes:
+        check = getattr(torch.cpu, probe, None)  # torch's own (private) capability probes
+        if check is not None:
+            try:
+                if check():
+                    return True
+            except RuntimeError:
+                pass
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> fp16 on CUDA, bf16 on CPUs with bf16 matrix units, fp32 elsewhere."""
+    requested = (requested or "auto").strip().lower()
+    if requested == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        if device.type == "cpu" and cpu_has_fast_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if requested not in PRECISIONS:
+        raise ConfigError(f"Unknown precision {requested!r}; use auto, fp32, bf16 or fp16.")
+    if requested == "fp16" and device.type == "cpu":
+        logger.warning("fp16 on the CPU is slow on most processors; bf16 or fp32 is usually faster")
+    return PRECISIONS[requested]
+
+
+def on_zero_gpu() -> bool:
+    """True on a Hugging Face ZeroGPU Space (the GPU exists only inside ``spaces.GPU`` calls)."""
+    return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "true")
+
+
+def gpu_task(fn: F) -> F:
+    """Run ``fn`` inside ``spaces.GPU`` on a ZeroGPU Space; a no-op elsewhere."""
+    if not on_zero_gpu():
+        return fn
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)

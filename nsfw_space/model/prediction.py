@@ -1,0 +1,51 @@
+"""The result for one input, in the one shape every door (API, CLI, CSV, JSON) starts from."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one image.
+
+    ``scores`` maps every label of the model to its probability; ``nsfw_score`` is the summed
+    probability of the NSFW label(s). For an animated image or a video, ``scores`` are those of
+    the frame with the highest NSFW score and ``frame_scores`` holds each sampled frame's score.
+    """
+
+    scores: dict[str, float]
+    nsfw_score: float
+    source: str | None = None
+    frame_scores: tuple[float, ...] | None = field(default=None)
+    frame_times: tuple[float, ...] | None = field(default=None)
+
+    @property
+    def label(self) -> str:
+        """The label with the highest probability."""
+        return max(self.scores, key=self.scores.__getitem__)
+
+    def is_nsfw(self, threshold: float = 0.5) -> bool:
+        """Whether the NSFW score reaches ``threshold``."""
+        return self.nsfw_score >= threshold
+
+    def to_dict(self, threshold: float = 0.5) -> dict[str, Any]:
+        """JSON-ready form: label, scores, nsfw_score, is_nsfw, threshold (and frame_scores)."""
+        result: dict[str, Any] = {
+            "label": self.label,
+            "scores": {name: round(value, 6) for name, value in self.scores.items()},
+            "nsfw_score": round(self.nsfw_score, 6),
+            "is_nsfw": self.is_nsfw(threshold),
+            "threshold": threshold,
+        }
+        if self.frame_scores is not None:
+            result["frame_scores"] = [round(value, 6) for value in self.frame_scores]
+            result["frame_times"] = [round(value, 3) for value in self.frame_times or ()]
+        return result
+
+
+def source_name(source: object) -> str | None:
+    """The path of a path-like source, else None."""
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None

@@ -1,0 +1,50 @@
+"""The rules that turn per-frame scores into one verdict: ``max``, ``mean``, or at least ``k`` of
+``n`` frames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nsfw_space.errors import ConfigError
+from nsfw_space.modes import FrameRule
+
+RULES = tuple(rule.value for rule in FrameRule)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Per-frame NSFW scores summed up by a rule; ``score >= threshold`` is the verdict."""
+
+    score: float
+    frame: int  # the frame whose label scores represent the whole
+    rule: str
+    k: int = 1  # for k-of-n: the k actually applied (at most the number of frames)
+
+
+def summarise(frame_scores: list[float] | tuple[float, ...], rule: str = "max", k: int = 1) -> Summary:
+    """``max``: the worst frame. ``mean``: the average. ``k-of-n``: the k-th highest score, so the
+    verdict is NSFW exactly when at least ``k`` frames reach the threshold.
+
+    With fewer frames than ``k`` (a still image, a short GIF), k-of-n asks for all of them:
+    ``k`` becomes the number of frames, so a still image is judged on its one frame rather than
+    never flagged.
+    """
+    scores = np.asarray(frame_scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ConfigError("There are no frame scores to sum up.")
+    if rule == "max":
+        index = int(np.argmax(scores))
+        return Summary(float(scores[index]), index, rule)
+    if rule == "mean":
+        index = int(np.argmin(np.abs(scores - scores.mean())))
+        return Summary(float(scores.mean()), index, rule)
+    if rule == "k-of-n":
+        if k < 1:
+            raise ConfigError("k must be at least 1.")
+        applied = min(k, int(scores.size))
+        order = np.argsort(-scores, kind="stable")
+        index = int(order[applied - 1])
+        return Summary(float(scores[index]), index, rule, applied)
+    raise ConfigError(f"Unknown frame rule {rule!r}; use {', '.join(RULES)}.")

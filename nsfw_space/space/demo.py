@@ -1,0 +1,198 @@
+"""create_demo(classifier, settings) -> gr.Blocks: the Space's page wired to its named API.
+
+No model is loaded here: the classifier is handed in, so tests can pass a tiny one.
+Stable endpoints: ``/classify`` (image -> label dict), ``/moderate`` (image, threshold, url ->
+JSON), ``/moderate_batch`` and ``/moderate_frames`` (see handlers.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from starlette.middleware import Middleware
+
+from nsfw_space.config import Settings
+from nsfw_space.media.budgets import start_memory_trimmer
+from nsfw_space.model.classifier import NSFWClassifier
+from nsfw_space.space import layout
+from nsfw_space.space.bodylimit import BodyLimit, body_limit_for
+from nsfw_space.space.payloads import plain_file_schema
+from nsfw_space.space.render import footer_markdown, intro_markdown, verdict_html
+from nsfw_space.space.views import PageViews
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ASSETS_DIR = PACKAGE_DIR / "assets"
+EXAMPLES_DIR = ASSETS_DIR / "examples"  # inside the package, so a wheel has them
+HIDDEN = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
+
+
+def create_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> gr.Blocks:
+    """The whole page: single image, batch and GIF/video views, examples, and the named API."""
+    settings = settings or Settings()
+    classifier = classifier.with_limits(limits=settings.decode_limits, frames=settings.frames)
+    if settings.mcp:
+        from nsfw_space.space import mcp_compat
+
+        mcp_compat.install()
+    start_memory_trimmer()
+    views = PageViews(classifier, settings)
+    examples = example_paths()
+
+    with gr.Blocks(title="NSFW image moderation", delete_cache=cache_schedule(settings)) as demo:
+        gr.Markdown(intro_markdown(classifier))
+        threshold = layout.threshold_controls(settings)
+        with gr.Tabs():
+            image = layout.image_tab(settings, len(classifier.labels))
+            batch = layout.batch_tab(settings)
+            video = layout.video_tab(settings)
+        if examples:
+            gr.Examples(
+                examples=[[str(path)] for path in examples],
+                inputs=[image.image],
+                label="Examples (safe for work)",
+            )
+        gr.Markdown(footer_markdown(classifier))
+        _wire_api(views, threshold, image, batch, video)
+        _wire_page(views, threshold, image, batch, video)
+    for component in (batch.files, video.media):
+        _describe_plainly(component)
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    return demo
+
+
+build_demo = create_demo  # the name earlier releases used
+
+
+def demo_from_settings(settings: Settings) -> gr.Blocks:
+    """The Space as app.py and ``nsfw-space serve`` run it: the model the settings name, loaded
+    once, and the page around it. Raises ModelLoadError or ConfigError."""
+    return create_demo(NSFWClassifier.from_settings(settings), settings)
+
+
+def _wire_api(
+    views: PageViews,
+    threshold: gr.Slider,
+    image: layout.ImageTab,
+    batch: layout.BatchTab,
+    video: layout.VideoTab,
+) -> None:
+    """The named API (stable). Each is a hidden button's click, so the page stays simple while the
+    API gets its name; /classify is the image's own change event (see _wire_page)."""
+    for handler, inputs, output, name in (
+        (views.moderate, [image.image, threshold, image.url], image.details, "moderate"),
+        (views.moderate_batch, [batch.files, threshold, batch.urls], batch.results, "moderate_batch"),
+        (
+            views.moderate_frames,
+            [video.media, threshold, video.rule, video.k, video.frames],
+            video.results,
+            "moderate_frames",
+        ),
+    ):
+        gr.Button(visible=False).click(
+            handler, inputs=inputs, outputs=output, api_name=name, preprocess=False, concurrency_id="model"
+        )
+
+
+def _wire_page(
+    views: PageViews,
+    threshold: gr.Slider,
+    image: layout.ImageTab,
+    batch: layout.BatchTab,
+    video: layout.VideoTab,
+) -> None:
+    """The page's own events: bars as soon as an image arrives, the verdict, URL box, batch, video."""
+    classified = image.image.change(
+        lambda value, limit: (verdict_html("pending" if value else None, limit), None),
+        inputs=[image.image, threshold],
+        outputs=[image.verdict, image.details],
+        preprocess=False,
+        **HIDDEN,
+    ).then(
+        views.classify,
+        inputs=image.image,
+        outputs=image.label,
+        api_name="classify",
+        preprocess=False,
+        concurrency_id="model",
+        show_progress="minimal",
+    )
+    verdict_inputs = {"inputs": [image.label, threshold], "outputs": [image.verdict, image.details]}
+    classified.success(views.verdict_from_label, **verdict_inputs, **HIDDEN)
+    threshold.change(views.verdict_from_label, **verdict_inputs, **HIDDEN)
+    classified.failure(
+        lambda limit: verdict_html("error", limit), inputs=threshold, outputs=image.verdict, **HIDDEN
+    )
+    gr.on(
+        [image.url_button.click, image.url.submit],
+        views.url_view,
+        inputs=[image.url, threshold],
+        outputs=[image.label, image.verdict, image.details],
+        api_visibility="private",
+        concurrency_id="model",
+    )
+    video.button.click(
+        views.frames_view,
+        inputs=[video.media, threshold, video.rule, video.k, video.frames],
+        outputs=[video.verdict, video.plot, video.results],
+        api_visibility="private",
+        preprocess=False,
+        concurrency_id="model",
+    )
+    batch.button.click(
+        views.batch_view,
+        inputs=[batch.files, threshold, batch.urls],
+        outputs=[batch.table, batch.csv, batch.gallery],
+        api_visibility="private",
+        preprocess=False,
+        concurrency_id="model",
+    )
+
+
+def _describe_plainly(component: gr.components.Component) -> None:
+    """Let ``view_api`` describe a file input in one sentence, not Gradio's FileData docstring."""
+    original = component.api_info
+
+    def api_info() -> dict[str, Any]:
+        return plain_file_schema(original())
+
+    component.api_info = api_info  # type: ignore[method-assign]
+
+
+def launch_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``demo.launch()``: theme, CSS and JS (files in assets/), favicon,
+    upload and body limits."""
+    options: dict[str, Any] = {
+        "css": (ASSETS_DIR / "style.css").read_text(encoding="utf-8"),
+        "js": (ASSETS_DIR / "safe_preview.js").read_text(encoding="utf-8"),
+        "theme": gr.themes.Soft(primary_hue="rose", secondary_hue="slate"),
+        "max_file_size": settings.max_file_size,
+        "show_error": True,
+        "run_history": False,  # never keep what users uploaded, not even in their own browser
+        "enable_monitoring": False,
+        "footer_links": ["api", "gradio"],
+        # JSON bodies no larger than a data: URL of the largest allowed file (see bodylimit.py)
+        "app_kwargs": {
+            "middleware": [Middleware(BodyLimit, max_bytes=body_limit_for(settings.max_file_bytes))]
+        },
+    }
+    favicon = ASSETS_DIR / "favicon.png"
+    if favicon.is_file():
+        options["favicon_path"] = str(favicon)
+    if settings.mcp:
+        options["mcp_server"] = True
+    return options
+
+
+def example_paths() -> list[Path]:
+    """The safe-for-work example images shipped in the package (``space/assets/examples``)."""
+    if not EXAMPLES_DIR.is_dir():
+        return []
+    return sorted(p for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+
+
+def cache_schedule(settings: Settings) -> tuple[int, int]:
+    """Gradio's ``delete_cache``: check every few minutes, delete uploads older than the setting."""
+    age = max(60, settings.cache_minutes * 60)
+    return (max(60, age // 2), age)

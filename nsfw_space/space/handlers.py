@@ -1,0 +1,268 @@
+"""The named API: /classify, /moderate, /moderate_batch, /moderate_frames.
+
+Each handler is a pure function of its inputs and the (read-only) classifier; its docstring is the
+endpoint's description in view_api and the MCP tool's. Page-only events live in views.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from nsfw_space.config import Settings
+from nsfw_space.errors import InvalidImageError
+from nsfw_space.media.budgets import PixelBudget
+from nsfw_space.media.fetch import fetch_image_bytes
+from nsfw_space.model.classifier import NSFWClassifier
+from nsfw_space.model.device import gpu_task, on_zero_gpu
+from nsfw_space.model.prediction import Prediction
+from nsfw_space.model.rules import RULES
+from nsfw_space.space.arguments import (
+    DEFAULT_K,
+    MAX_SAMPLED_FRAMES,
+    optional_text,
+    threshold_value,
+    whole_number,
+)
+from nsfw_space.space.batching import DynamicBatcher
+from nsfw_space.space.payloads import display_name, payload_source
+
+logger = logging.getLogger(__name__)
+
+
+class Handlers:
+    """The event handlers; each is a pure function of its inputs and the (read-only) classifier."""
+
+    def __init__(self, classifier: NSFWClassifier, settings: Settings) -> None:
+        self.classifier = classifier
+        self.settings = settings
+        if on_zero_gpu():  # the GPU exists only inside the request's own spaces.GPU call
+            self._predict = gpu_task(classifier.predict)
+            self._score_all = gpu_task(self._score_sources)
+        else:
+            self.batcher = DynamicBatcher(classifier, settings.max_batch_size)
+            self._predict = self.batcher.predict
+            self._score_all = self._score_sources
+
+    # --- API endpoints (their docstrings are the API's and the MCP tools' descriptions) ------
+    def classify(self, image: Any = None) -> dict[str, float] | None:
+        """Score one image: returns every label of the model with its probability.
+
+        Args:
+            image: the image to score (JPEG, PNG, WebP, GIF, BMP, TIFF or ICO), as an upload, a data: URL or an http(s) URL.
+        """
+        if image is None:
+            return None
+        return self._run(self._source(image)).scores
+
+    def moderate(
+        self, image: Any = None, threshold: float | None = None, url: str | None = None
+    ) -> dict[str, Any]:
+        """Moderate one image (an upload, or an http/https URL) against a threshold.
+
+        Args:
+            image: the image to check (JPEG, PNG, WebP, GIF, BMP, TIFF or ICO), as an upload or a data: URL; leave empty when url is given.
+            threshold: flag the image when its nsfw score is at least this (0 to 1; default 0.5).
+            url: an http(s) URL of an image, used when no image is uploaded.
+        Returns:
+            label, scores (every label's probability), nsfw_score, is_nsfw and threshold.
+        """
+        limit = threshold_value(threshold, self.settings.threshold)
+        url = optional_text(url, "url")
+        if image is not None:
+            source = self._source(image)
+        elif url:
+            source = self._fetch(url)
+        else:
+            raise gr.Error("No image was given. Upload an image or give its URL.", print_exception=False)
+        return self._run(source).to_dict(limit)
+
+    def moderate_batch(
+        self, files: Any = None, threshold: float | None = None, urls: str | None = None, progress: Any = None
+    ) -> list[dict[str, Any]]:
+        """Moderate many images, GIFs or videos (uploads and/or http/https URLs) at once.
+
+        Args:
+            files: the files to check (uploads or data: URLs); may be empty when urls are given.
+            threshold: flag a file when its nsfw score is at least this (0 to 1; default 0.5).
+            urls: image URLs, one per line.
+        Returns:
+            one entry per file, in order: file, label, scores, nsfw_score, is_nsfw, threshold, error.
+        """
+        limit = threshold_value(threshold, self.settings.threshold)
+        return self._moderate_named(self._batch_sources(files, urls), limit, progress)
+
+    def _moderate_named(
+        self, named: list[tuple[str, str | bytes | InvalidImageError]], limit: float, progress: Any
+    ) -> list[dict[str, Any]]:
+        outcomes = self._score_all([source for _, source in named], progress)
+        rows = []
+        for (name, _), outcome in zip(named, outcomes, strict=True):
+            if isinstance(outcome, Prediction):
+                rows.append({"file": name, **outcome.to_dict(limit), "error": ""})
+            else:
+                rows.append(
+                    {
+                        "file": name,
+                        "label": None,
+                        "scores": None,
+                        "nsfw_score": None,
+                        "is_nsfw": None,
+                        "threshold": limit,
+                        "error": str(outcome),
+                    }
+                )
+        return rows
+
+    def moderate_frames(
+        self,
+        media: Any = None,
+        threshold: float | None = None,
+        rule: str = "max",
+        k: int = DEFAULT_K,
+        frames: int = 8,
+    ) -> dict[str, Any]:
+        """Moderate an animated GIF/WebP or a short video from evenly spaced frames.
+
+        Args:
+            media: the GIF, WebP or video file (mp4, webm, mov, mkv, avi), as an upload or a data: URL.
+            threshold: flag when the summed-up nsfw score is at least this (0 to 1; default 0.5).
+            rule: how frames are summed up: max (worst frame), mean, or k-of-n (at least k frames).
+            k: for k-of-n, how many frames must reach the threshold (at most the frames there are).
+            frames: how many frames to sample (1 to 64).
+        Returns:
+            label, scores, nsfw_score, is_nsfw, threshold, rule, k (as applied), frame_scores and frame_times.
+        """
+        if media is None:
+            raise gr.Error("No file was given. Upload a GIF or a video.", print_exception=False)
+        limit = threshold_value(threshold, self.settings.threshold)
+        if not isinstance(rule, str) or rule not in RULES:
+            raise gr.Error(f"The rule must be one of {', '.join(RULES)}.", print_exception=False)
+        count = whole_number(frames, "frames", 1, MAX_SAMPLED_FRAMES, default=self.settings.frames)
+        at_least = whole_number(k, "k", 1, MAX_SAMPLED_FRAMES, default=DEFAULT_K)
+        view = self.classifier.with_limits(frames=count)
+        predict = gpu_task(view.predict) if on_zero_gpu() else view.predict
+        source = self._source(media)
+        budget = PixelBudget(self.settings.max_request_pixels)
+        try:
+            prediction = predict(source, rule=rule, k=at_least, budget=budget)
+        except InvalidImageError as err:
+            raise gr.Error(str(err), title="This file can't be checked", print_exception=False) from None
+        result = prediction.to_dict(limit)
+        result.setdefault("frame_scores", [round(prediction.nsfw_score, 6)])
+        result.setdefault("frame_times", [0.0])
+        result.update(rule=rule, k=min(at_least, len(result["frame_scores"])))
+        return result
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _run(self, source: str | bytes) -> Prediction:
+        try:
+            return self._predict(source, budget=PixelBudget(self.settings.max_request_pixels))
+        except InvalidImageError as err:
+            raise gr.Error(str(err), title="This file can't be checked", print_exception=False) from None
+
+    def _source(self, payload: Any) -> str | bytes:
+        """A caller's file payload -> a received file's path or bytes (see :mod:`.payloads`)."""
+        try:
+            return self._source_or_error(payload)
+        except InvalidImageError as err:
+            raise gr.Error(str(err), title="This file can't be checked", print_exception=False) from None
+
+    def _source_or_error(self, payload: Any) -> str | bytes:
+        fetch = self._fetch_or_error if self.settings.allow_urls else None
+        return payload_source(payload, max_bytes=self.settings.max_file_bytes, fetch=fetch)
+
+    def _fetch(self, url: str) -> bytes:
+        try:
+            return self._fetch_or_error(url)
+        except InvalidImageError as err:
+            raise gr.Error(str(err), title="This URL can't be checked", print_exception=False) from None
+
+    def _fetch_or_error(self, url: str, max_bytes: int | None = None) -> bytes:
+        if not self.settings.allow_urls:
+            raise InvalidImageError("This Space does not fetch URLs; upload the image instead.")
+        limit = (
+            self.settings.max_file_bytes
+            if max_bytes is None
+            else min(max_bytes, self.settings.max_file_bytes)
+        )
+        return fetch_image_bytes(
+            url,
+            max_bytes=limit,
+            timeout=self.settings.url_timeout,
+            allow_private=self.settings.allow_private_urls,
+        )
+
+    def _batch_sources(
+        self, files: Any, urls: str | None
+    ) -> list[tuple[str, str | bytes | InvalidImageError]]:
+        """Name and open every file and URL of a batch: counted and checked before anything is
+        fetched; URLs then share one download budget. A bad entry becomes its own error row."""
+        if files is not None and not isinstance(files, (list, tuple)):
+            raise gr.Error("files must be a list of files.", print_exception=False)
+        lines = [line.strip() for line in (optional_text(urls, "urls") or "").splitlines() if line.strip()]
+        total = len(files or []) + len(lines)
+        if not total:
+            raise gr.Error("No files were given. Add images (or URLs) and try again.", print_exception=False)
+        if total > self.settings.max_batch_files:
+            raise gr.Error(
+                f"{total} files were given; at most {self.settings.max_batch_files} are checked at once. "
+                "Split them into smaller batches, or use `nsfw-space scan` for folders.",
+                print_exception=False,
+            )
+        named: list[tuple[str, str | bytes | InvalidImageError]] = []
+        for item in files or []:
+            named.append((unique_name(display_name(item), named), self._opened(self._source_or_error, item)))
+        download_left = self.settings.max_batch_download_bytes
+        for line in lines:
+            if download_left <= 0:
+                source: str | bytes | InvalidImageError = InvalidImageError(
+                    f"This batch has already downloaded {self.settings.max_batch_download} from its URLs, "
+                    "its limit; check the remaining URLs in another batch."
+                )
+            else:
+                source = self._opened(self._fetch_or_error, line, download_left)
+            if isinstance(source, bytes):
+                download_left -= len(source)
+            named.append((unique_name(line, named), source))
+        return named
+
+    @staticmethod
+    def _opened(open_one: Any, *args: Any) -> str | bytes | InvalidImageError:
+        try:
+            return open_one(*args)
+        except InvalidImageError as err:
+            return err
+
+    def _score_sources(
+        self, sources: list[Any], progress: Any = None
+    ) -> list[Prediction | InvalidImageError]:
+        outcomes: list[Prediction | InvalidImageError] = []
+        readable = [s for s in sources if not isinstance(s, InvalidImageError)]
+        results = iter(
+            self.classifier.iter_predictions(
+                readable,
+                batch_size=self.settings.batch_size,
+                budget=PixelBudget(self.settings.max_request_pixels),
+            )
+        )
+        for index, source in enumerate(sources):
+            if isinstance(source, InvalidImageError):
+                outcomes.append(source)
+            else:
+                outcomes.append(next(results)[1])
+            if progress is not None:
+                progress((index + 1, len(sources)), desc="Checking", unit="files")
+        return outcomes
+
+
+def unique_name(name: str, taken: list[tuple[str, Any]]) -> str:
+    names = {existing for existing, _ in taken}
+    if name not in names:
+        return name
+    counter = 2
+    while f"{name} ({counter})" in names:
+        counter += 1
+    return f"{name} ({counter})"

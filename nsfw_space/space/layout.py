@@ -1,0 +1,156 @@
+"""The page's components, one function per part; no events are wired here (see demo.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from nsfw_space.config import Settings
+from nsfw_space.modes import FrameRule
+from nsfw_space.space.arguments import DEFAULT_K, MAX_SAMPLED_FRAMES
+from nsfw_space.space.render import verdict_html
+
+RULE_CHOICES = [
+    ("worst frame (max)", FrameRule.MAX.value),
+    ("average (mean)", FrameRule.MEAN.value),
+    ("at least k frames", FrameRule.K_OF_N.value),
+]
+VIDEO_SUFFIXES = [".gif", ".webp", ".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"]
+
+
+@dataclass
+class ImageTab:
+    image: gr.Image
+    url: gr.Textbox
+    url_button: gr.Button
+    verdict: gr.HTML
+    label: gr.Label
+    details: gr.JSON
+
+
+@dataclass
+class BatchTab:
+    files: gr.File
+    urls: gr.Textbox
+    button: gr.Button
+    table: gr.Dataframe
+    csv: gr.File
+    gallery: gr.Gallery
+    results: gr.JSON
+
+
+@dataclass
+class VideoTab:
+    media: gr.File
+    rule: gr.Radio
+    k: gr.Number
+    frames: gr.Number
+    button: gr.Button
+    verdict: gr.HTML
+    plot: gr.LinePlot
+    results: gr.JSON
+
+
+def threshold_controls(settings: Settings) -> gr.Slider:
+    """The threshold every view shares, and the reveal switch for flagged previews."""
+    with gr.Group():
+        threshold = gr.Slider(
+            0.0,
+            1.0,
+            value=settings.threshold,
+            step=0.01,
+            label="Threshold: flag when the nsfw score is at least",
+            elem_id="threshold",
+        )
+        gr.Checkbox(label="Show flagged images unblurred", value=False, elem_id="reveal")
+    return threshold
+
+
+def image_tab(settings: Settings, bar_count: int) -> ImageTab:
+    with gr.Tab("Image", id="image-tab"), gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            image = gr.Image(
+                type="filepath",
+                image_mode=None,
+                sources=["upload", "webcam", "clipboard"],
+                label="Image (drop, paste or use the webcam)",
+                elem_id="image-input",
+                height=360,
+            )
+            with gr.Row(equal_height=False):
+                url = gr.Textbox(
+                    label="…or an image URL (http/https)",
+                    placeholder="https://example.com/photo.jpg",
+                    elem_id="image-url",
+                    scale=4,
+                )
+                url_button = gr.Button("Check URL", elem_id="url-button", scale=1, min_width=100)
+        with gr.Column(scale=1, min_width=300):
+            verdict = gr.HTML(verdict_html(None, settings.threshold), elem_id="verdict")
+            label = gr.Label(num_top_classes=bar_count, label="Label probabilities", elem_id="label-bars")
+            with gr.Accordion("Moderation result (JSON, as the /moderate API returns it)", open=False):
+                details = gr.JSON(label="Result", elem_id="details")
+    return ImageTab(image, url, url_button, verdict, label, details)
+
+
+def batch_tab(settings: Settings) -> BatchTab:
+    with gr.Tab("Batch", id="batch-tab"):
+        with gr.Row(equal_height=False):
+            files = gr.File(
+                file_count="multiple",
+                label=f"Images, GIFs or videos (up to {settings.max_batch_files})",
+                elem_id="batch-files",
+            )
+            urls = gr.Textbox(label="…and/or image URLs, one per line", lines=5, elem_id="batch-urls")
+        button = gr.Button("Check all", variant="primary", elem_id="batch-button")
+        table = gr.Dataframe(
+            headers=["file", "label", "nsfw score", "verdict"],
+            label="Results",
+            interactive=False,
+            wrap=True,
+            elem_id="batch-table",
+        )
+        csv = gr.File(label="Results as CSV", elem_id="batch-csv")
+        gallery = gr.Gallery(
+            label="Thumbnails (flagged ones blurred)", columns=6, height="auto", elem_id="batch-gallery"
+        )
+        results = gr.JSON(visible=False, label="results")
+    return BatchTab(files, urls, button, table, csv, gallery, results)
+
+
+def video_tab(settings: Settings) -> VideoTab:
+    with gr.Tab("GIF / video", id="video-tab"), gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            media = gr.File(
+                label="Animated GIF/WebP or a short video (mp4, webm, mov)",
+                file_types=VIDEO_SUFFIXES,
+                elem_id="media-file",
+            )
+            rule = gr.Radio(
+                RULE_CHOICES, value=FrameRule.MAX.value, label="Sum the frames up by", elem_id="frame-rule"
+            )
+            with gr.Row():
+                k = gr.Number(value=DEFAULT_K, minimum=1, precision=0, label="k", elem_id="min-frames")
+                frames = gr.Number(
+                    value=settings.frames,
+                    minimum=1,
+                    maximum=MAX_SAMPLED_FRAMES,
+                    precision=0,
+                    step=1,
+                    label=f"frames sampled (1 to {MAX_SAMPLED_FRAMES})",
+                    elem_id="frame-count",
+                )
+            button = gr.Button("Check frames", variant="primary", elem_id="media-button")
+        with gr.Column(scale=1, min_width=300):
+            verdict = gr.HTML(verdict_html(None, settings.threshold), elem_id="media-verdict")
+            plot = gr.LinePlot(
+                x="time (s)",
+                y="nsfw score",
+                color="series",
+                y_lim=[0, 1],
+                label="nsfw score over time",
+                elem_id="media-plot",
+            )
+            results = gr.JSON(label="Result", elem_id="media-json")
+    return VideoTab(media, rule, k, frames, button, verdict, plot, results)

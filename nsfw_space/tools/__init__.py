@@ -1,0 +1,1 @@
+"""Benchmarks, the load test and synthetic test models: used by the CLI and the tests only."""

@@ -1,0 +1,306 @@
+"""Side-by-side speed: the model card's pipeline snippet against our path, in one process, alternating.
+
+Both run on the same generated JPEGs of mixed sizes with the same model (by default a ViT-B/16 of
+the card's architecture with random weights and a head that makes scores vary between images, so
+score differences are meaningful). Prints images/s, their ratio, the largest score difference,
+single-image latency and peak memory of each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nsfw_space.model.classifier import NSFWClassifier
+from nsfw_space.model.device import cpu_has_fast_bf16
+from nsfw_space.tools.loadtest import process_rss_mb
+from nsfw_space.tools.synthetic import VIT_BASE, build_model_dir, jpeg_bytes, varied_image
+
+logger = logging.getLogger(__name__)
+
+MIXED_SIZES = [(640, 480), (1024, 768), (1920, 1080), (2048, 1536), (3264, 2448), (4032, 3024)]
+
+
+@dataclass
+class PathResult:
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    latency_ms: list[float] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def images_per_second(self, count: int) -> float:
+        return count / statistics.median(self.seconds)
+
+
+def make_images(folder: Path, count: int, sizes: list[tuple[int, int]] | None = None) -> list[Path]:
+    """``count`` JPEGs cycling through ``sizes`` (phone-photo sizes by default), made once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sizes = sizes or MIXED_SIZES
+    paths = []
+    for index in range(count):
+        width, height = sizes[index % len(sizes)]
+        path = folder / f"bench-{index:03d}-{width}x{height}.jpg"
+        if not path.exists():
+            small = varied_image(index, (width // 4, height // 4))
+            path.write_bytes(jpeg_bytes(small.resize((width, height)), quality=90))
+        paths.append(path)
+    return paths
+
+
+class PeakMemory:
+    """Samples this process's resident memory in a thread; ``peak_mb`` after the block."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, current_rss_mb())
+            time.sleep(self.interval)
+
+
+def current_rss_mb() -> float:
+    """This process's resident memory in MB (its peak, where /proc is missing)."""
+    rss = process_rss_mb(os.getpid())
+    if rss is not None:
+        return rss
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def card_snippet(model_dir: str) -> Callable[[list[Path]], dict[str, float]]:
+    """The model card's first snippet, one image at a time, returning {path: nsfw score}."""
+    from PIL import Image
+    from transformers import pipeline
+
+    classifier = pipeline("image-classification", model=model_dir)
+
+    def run(paths: list[Path]) -> dict[str, float]:
+        scores = {}
+        for path in paths:
+            img = Image.open(path)
+            result = {item["label"]: item["score"] for item in classifier(img)}
+            scores[str(path)] = result["nsfw"]
+        return scores
+
+    return run
+
+
+def our_path(classifier: NSFWClassifier, batch_size: int) -> Callable[[list[Path]], dict[str, float]]:
+    def run(paths: list[Path]) -> dict[str, float]:
+        return {str(p.source): p.nsfw_score for p in classifier.predict_batch(paths, batch_size=batch_size)}
+
+    return run
+
+
+def run_benchmark(
+    *,
+    model_dir: str | None = None,
+    images: int = 64,
+    rounds: int = 2,
+    batch_size: int = 16,
+    precision: str = "auto",
+    device: str = "auto",
+    compile_model: bool = False,
+    workdir: str | None = None,
+) -> str:
+    """Run the card's snippet and our path(s) ``rounds`` times, alternating; return the comparison."""
+    root = Path(workdir or tempfile.mkdtemp(prefix="nsfw-bench-"))
+    model_dir = model_dir or ensure_benchmark_model(root)
+    paths = make_images(root / "images", images)
+    latency_image = make_images(root / "latency", 2, [(1024, 768)])[1]
+
+    card = card_snippet(model_dir)
+    runners: dict[str, tuple[PathResult, Callable, Callable]] = {
+        "card": (
+            PathResult("model card pipeline, fp32, 1 at a time"),
+            card,
+            lambda: card([latency_image]),
+        )
+    }
+    ours = NSFWClassifier.from_pretrained(model_dir, device=device, precision=precision)
+    runners["ours"] = (
+        PathResult(f"nsfw_space predict_batch, {ours.precision}, batch {batch_size}"),
+        our_path(ours, batch_size),
+        lambda: ours.predict(latency_image),
+    )
+    if compile_model:
+        compiled = NSFWClassifier.from_pretrained(
+            model_dir, device=device, precision=precision, optimize="none"
+        )
+        started = time.perf_counter()
+        compiled.optimize("compile", batch_size)
+        compiled.predict_batch(paths[:batch_size], batch_size=batch_size)
+        warmup = time.perf_counter() - started
+        runners["compiled"] = (
+            PathResult(f"  same + torch.compile (warm-up {warmup:.0f} s; 1 image padded to {batch_size})"),
+            our_path(compiled, batch_size),
+            lambda: compiled.predict(latency_image),
+        )
+    for _, run, single in runners.values():  # warm every path up on a full batch and a single image
+        run(paths[:batch_size])
+        single()
+    for _ in range(rounds):
+        for result, run, single in runners.values():
+            idle = current_rss_mb()
+            with PeakMemory() as memory:
+                started = time.perf_counter()
+                result.scores = run(paths)
+                result.seconds.append(time.perf_counter() - started)
+            result.peak_rss_mb = max(result.peak_rss_mb, memory.peak_mb - idle)
+            for _ in range(3):
+                started = time.perf_counter()
+                single()
+                result.latency_ms.append((time.perf_counter() - started) * 1000)
+    return format_comparison([r for r, _, _ in runners.values()], len(paths), ours)
+
+
+def ensure_benchmark_model(root: Path) -> str:
+    """A ViT-B/16 of the card's architecture, random weights, head spread (built once in ``root``)."""
+    model_dir = root / "vit-base-random"
+    if not (model_dir / "config.json").exists():
+        build_model_dir(model_dir, architecture=VIT_BASE)
+    return str(model_dir)
+
+
+def format_comparison(results: list[PathResult], count: int, classifier: NSFWClassifier) -> str:
+    card = results[0]
+    card_rate = card.images_per_second(count)
+    sizes = ", ".join(f"{w}x{h}" for w, h in MIXED_SIZES)
+    spread = max(card.scores.values()) - min(card.scores.values())
+    lines = [
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; torch {_torch_version()}, "
+        f"{_threads()} threads; bf16 matrix units (AMX/AVX512-BF16): {'yes' if cpu_has_fast_bf16() else 'no'}; "
+        f"device {classifier.device}",
+        f"{count} JPEGs of mixed sizes ({sizes}), files to scores, median of {len(card.seconds)} "
+        "alternating rounds; ViT-B/16",
+        "",
+        f"{'path':<58} {'images/s':>9} {'vs card':>8} {'1 image ms':>11} {'max |diff|':>11} {'work MB':>8}",
+    ]
+    for result in results:
+        rate = result.images_per_second(count)
+        diff = max(abs(result.scores[path] - card.scores[path]) for path in card.scores)
+        lines.append(
+            f"{result.name:<58} {rate:>9.1f} {rate / card_rate:>7.1f}x "
+            f"{statistics.median(result.latency_ms):>11.0f} {diff:>11.4f} {result.peak_rss_mb:>8.0f}"
+        )
+    lines += [
+        "",
+        f"max |diff|: largest nsfw score difference from the card's snippet (scores span {spread:.2f} "
+        "across the images).",
+        "1 image ms: one 1024x768 JPEG file to scores. work MB: peak resident memory above the "
+        "process's idle level during the run.",
+    ]
+    return "\n".join(lines)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def run_api_benchmark(
+    *, model_dir: str | None = None, calls: int = 30, precision: str = "auto", workdir: str | None = None
+) -> str:
+    """p50/p95 of ``/classify`` through gradio_client: a bare gr.Interface around the card's
+    pipeline against this Space, same model, same 1024x768 JPEG, calls alternating.
+
+    Both servers run in a child process, as a Space would; the client runs here.
+    """
+    import multiprocessing
+
+    from gradio_client import Client, handle_file
+
+    root = Path(workdir or tempfile.mkdtemp(prefix="nsfw-bench-"))
+    model_dir = model_dir or ensure_benchmark_model(root)
+    image = str(make_images(root / "latency", 2, [(1024, 768)])[1])
+
+    context = multiprocessing.get_context("spawn")
+    urls: multiprocessing.Queue = context.Queue()
+    server = context.Process(target=_serve_both, args=(model_dir, precision, urls), daemon=True)
+    server.start()
+    try:
+        found = urls.get(timeout=300)
+        if isinstance(found, str):
+            raise RuntimeError(f"benchmark servers did not start: {found}")
+        clients = {name: Client(url, verbose=False) for name, url in found.items()}
+        latencies: dict[str, list[float]] = {name: [] for name in clients}
+        for index in range(calls + 2):
+            for name, client in clients.items():
+                started = time.perf_counter()
+                client.predict(handle_file(image), api_name="/classify")
+                if index >= 2:  # two warm-up calls each
+                    latencies[name].append((time.perf_counter() - started) * 1000)
+    finally:
+        server.terminate()
+        server.join(timeout=30)
+    lines = [
+        f"/classify through gradio_client, one 1024x768 JPEG, {calls} calls each, alternating; "
+        f"{os.cpu_count()} cores; servers in a separate process",
+        f"{'server':<42} {'p50 ms':>7} {'p95 ms':>7}",
+    ]
+    for name, values in latencies.items():
+        ordered = sorted(values)
+        p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+        lines.append(f"{name:<42} {statistics.median(ordered):>7.0f} {p95:>7.0f}")
+    return "\n".join(lines)
+
+
+def _serve_both(model_dir: str, precision: str, urls) -> None:
+    """Child process: launch the bare Interface and this Space, send their URLs, then wait."""
+    try:
+        import gradio as gr
+        from transformers import pipeline
+
+        from nsfw_space.config import Settings
+        from nsfw_space.space.demo import create_demo, launch_options
+
+        card_pipe = pipeline("image-classification", model=model_dir)
+
+        def card_classify(img):
+            return {item["label"]: item["score"] for item in card_pipe(img)}
+
+        bare = gr.Interface(card_classify, gr.Image(type="pil"), gr.Label(), api_name="classify")
+        settings = Settings(precision=precision)
+        ours = create_demo(NSFWClassifier.from_pretrained(model_dir, precision=precision), settings)
+        options = {k: v for k, v in launch_options(settings).items() if k not in ("theme", "css")}
+        found = {}
+        for name, demo in (
+            ("card pipeline in a bare gr.Interface", bare),
+            ("this Space (nsfw_space.space.demo)", ours),
+        ):
+            _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **options)
+            found[name] = url
+        urls.put(found)
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
+        urls.put(f"{type(err).__name__}: {err}")
+        return
+    threading.Event().wait()

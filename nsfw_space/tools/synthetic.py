@@ -1,0 +1,183 @@
+"""Models and images for tests and benchmarks, built offline (no hub access).
+
+``build_model_dir`` saves a ViT whose classifier is laid along the direction in which its
+features vary most over a set of varied images, so its scores really differ between images
+(a random head scores every image nearly the same, which hides bugs).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+VIT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+VIT_TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+PROCESSOR_CONFIG = {
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "resample": 2,
+    "rescale_factor": 1 / 255,
+    "size": {"height": 224, "width": 224},
+}
+
+
+def build_model_dir(
+    directory: str | Path,
+    *,
+    labels: tuple[str, ...] = ("normal", "nsfw"),
+    architecture: dict[str, int] | None = None,
+    spread: float = 1.5,
+    seed: int = 0,
+) -> Path:
+    """Save a ViT image classifier (safetensors, config, preprocessor) into ``directory``."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=224,
+        patch_size=16,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        **(architecture or VIT_TINY),
+    )
+    model = ViTForImageClassification(config).eval()
+    processor = ViTImageProcessorPil(**PROCESSOR_CONFIG)
+    if spread:
+        _spread_head(model, processor, labels, spread, seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def _spread_head(model, processor, labels, spread: float, seed: int) -> None:
+    import torch
+
+    images = [varied_image(seed=1000 + i, size=(224, 224)) for i in range(48)]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = model.vit(pixel_values=pixels).last_hidden_state[:, 0]
+        features = hidden.numpy().astype(np.float64)
+    centered = features - features.mean(axis=0)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    direction = vt[0] / (np.std(centered @ vt[0]) + 1e-8)
+    nsfw = [i for i, label in enumerate(labels) if label.lower() == "nsfw"] or [len(labels) - 1]
+    weight = np.zeros((len(labels), features.shape[1]))
+    bias = np.zeros(len(labels))
+    for i in range(len(labels)):
+        sign = 1.0 if i in nsfw else -1.0 / max(1, len(labels) - 1)
+        weight[i] = sign * spread * direction
+        bias[i] = -(features.mean(axis=0) @ weight[i])
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.tensor(weight, dtype=torch.float32))
+        model.classifier.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+
+
+def varied_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A deterministic RGB picture with shapes, gradients and noise that differ by ``seed``."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(0, 255, 3)
+    slope = rng.uniform(-1, 1, (3, 2)) * 255
+    channels = [base[c] + slope[c, 0] * x / width + slope[c, 1] * y / height for c in range(3)]
+    pixels = np.stack(channels, axis=-1) + rng.normal(0, rng.uniform(2, 40), (height, width, 3))
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(2, 9))):
+        x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
+        x1, y1 = x0 + rng.uniform(1, max(2, width / 2)), y0 + rng.uniform(1, max(2, height / 2))
+        color = tuple(int(v) for v in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=color)
+    return image
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    """``image`` encoded as a JPEG."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def write_video(path: str | Path, frames: list[Image.Image], fps: int = 10, codec: str = "mpeg4") -> Path:
+    """Encode RGB frames (even width and height) as a video with PyAV (mp4 or webm by suffix)."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(frame.convert("RGB"))):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_card(size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """A clearly synthetic picture (stripes and the words TEST CARD): the one image the
+    screenshots' stand-in model flags, so the page can show a blurred preview."""
+    width, height = size
+    image = Image.new("RGB", size, (255, 0, 200))
+    draw = ImageDraw.Draw(image)
+    for x in range(0, width, 40):
+        draw.rectangle((x, 0, x + 19, height), fill=(255, 230, 0))
+    draw.rectangle((width // 6, height // 3, 5 * width // 6, 2 * height // 3), fill=(0, 0, 0))
+    draw.text((width // 6 + 20, height // 2 - 6), "SYNTHETIC TEST CARD", fill=(255, 255, 255))
+    return image
+
+
+def build_standin_model_dir(
+    directory: str | Path, safe: list[Image.Image], flagged: list[Image.Image], seed: int = 0
+) -> Path:
+    """A tiny ViT whose head points from the ``safe`` images' features to the ``flagged`` ones',
+    scaled so every safe image scores below 0.1 and every flagged one above 0.9: a stand-in whose
+    scores look plausible in screenshots (they are still not the real model's)."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+    torch.manual_seed(seed)
+    labels = ("normal", "nsfw")
+    config = ViTConfig(
+        image_size=224,
+        patch_size=16,
+        num_labels=2,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        **VIT_TINY,
+    )
+    model = ViTForImageClassification(config).eval()
+    processor = ViTImageProcessorPil(**PROCESSOR_CONFIG)
+
+    def features(images: list[Image.Image]) -> np.ndarray:
+        pixels = processor(images=[image.convert("RGB") for image in images], return_tensors="pt")[
+            "pixel_values"
+        ]
+        with torch.no_grad():
+            return model.vit(pixel_values=pixels).last_hidden_state[:, 0].numpy().astype(np.float64)
+
+    safe_features, flagged_features = features(safe), features(flagged)
+    direction = flagged_features.mean(axis=0) - safe_features.mean(axis=0)
+    direction /= np.linalg.norm(direction) + 1e-12
+    low, high = (safe_features @ direction).max(), (flagged_features @ direction).min()
+    middle, margin = (low + high) / 2, max((high - low) / 2, 1e-6)
+    scale = 3.0 / margin  # logit difference of at least +-6 at the nearest image on each side
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.tensor(np.stack([-direction, direction]) * scale / 2))
+        model.classifier.bias.copy_(torch.tensor([middle * scale / 2, -middle * scale / 2]))
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
