@@ -11,33 +11,38 @@ import shutil
 import httpx
 import pytest
 
-from nsfw_space.testing import varied_image
-from nsfw_space.ui import example_paths
+from nsfw_space.space.demo import example_paths
+from nsfw_space.tools.synthetic import varied_image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 if not CHROMIUM and os.environ.get("CI") != "true":  # CI installs Chromium: there a missing one fails
     pytest.skip("Chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 
 
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM, "Chromium is missing: .ci/run installs it with apt-get"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
-        yield browser
-        browser.close()
+    with sync_playwright() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+    yield browser
+    browser.close()
 
 
 @pytest.fixture
@@ -104,6 +109,32 @@ def test_webcam_and_clipboard_are_offered(page):
     assert page.locator("#image-input button[aria-label='Paste from clipboard']").count() == 1
 
 
+@pytest.fixture(scope="module")
+def camera_browser(playwright):
+    """Chromium with its fake camera (a moving test pattern) and camera access granted."""
+    fake_camera = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS + fake_camera)
+    yield browser
+    browser.close()
+
+
+def test_a_webcam_capture_gets_bars_and_a_verdict(camera_browser, app_url):
+    context = camera_browser.new_context(permissions=["camera"], viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(app_url)
+        page.locator("#image-input button[aria-label='Capture from camera']").click()
+        page.get_by_text("Click to Access Webcam").click()
+        page.locator("#image-input video").wait_for(timeout=15_000)
+        page.locator("#image-input button[aria-label='capture photo']").click()
+        page.wait_for_selector("#verdict .verdict-normal, #verdict .verdict-nsfw", timeout=30_000)
+        bars = page.locator("#label-bars").inner_text()
+        assert "normal" in bars and "nsfw" in bars and "%" in bars
+        assert "nsfw score" in page.locator("#verdict").inner_text()
+    finally:
+        context.close()
+
+
 def test_an_invalid_file_shows_the_reason_in_the_page(page, tmp_path):
     bad = tmp_path / "notes.jpg"
     bad.write_text("these are notes, not a photo")
@@ -162,7 +193,7 @@ def test_keyboard_reaches_the_threshold_and_moves_it(page):
 
 
 def test_title_and_favicon(page, app_url):
-    from nsfw_space.ui import ASSETS_DIR
+    from nsfw_space.space.demo import ASSETS_DIR
 
     assert page.title() == "NSFW image moderation"
     response = httpx.get(f"{app_url}favicon.ico", timeout=10)  # where browsers look for it
