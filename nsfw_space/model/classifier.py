@@ -317,13 +317,6 @@ class NSFWClassifier:
         k: int = 1,
         budget: PixelBudget | None = None,
     ) -> Iterator[tuple[ImageSource, Prediction | InvalidImageError]]:
-        """Yield ``(source, Prediction or InvalidImageError)`` in input order, batching frames.
-
-        Decoding and preprocessing run on ``workers`` threads (PIL releases the GIL). On a GPU they
-        run a couple of batches ahead, overlapped with the model. On the CPU the two would fight
-        for the same cores (the model's threads stall whenever a decoder preempts one of them), so
-        there each batch is decoded on all cores, then scored on all cores: measured faster on
-        2 cores (see ``python -m nsfw_space bench``). ``budget`` bounds the decoded pixels of the
-        whole run: inputs past it come back as InvalidImageError.
-        """
+        """Yield ``(source, Prediction or InvalidImageError)`` in input order, batching frames
+        (how decoding and scoring share the cores: :func:`nsfw_space.model.pipeline.iter_predictions`)."""
         return iter_predictions(self, sources, batch_size, workers, rule=rule, k=k, budget=budget)

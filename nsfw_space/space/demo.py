@@ -54,8 +54,9 @@ def create_demo(classifier: NSFWClassifier, settings: Settings | None = None) ->
                 label="Examples (safe for work)",
             )
         gr.Markdown(footer_markdown(classifier))
-        _wire_api(views, threshold, image, batch, video)
-        _wire_page(views, threshold, image, batch, video)
+        page = layout.Page(threshold, image, batch, video)
+        _wire_api(views, page)
+        _wire_page(views, page)
     for component in (batch.files, video.media):
         _describe_plainly(component)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
@@ -71,15 +72,10 @@ def demo_from_settings(settings: Settings) -> gr.Blocks:
     return create_demo(NSFWClassifier.from_settings(settings), settings)
 
 
-def _wire_api(
-    views: PageViews,
-    threshold: gr.Slider,
-    image: layout.ImageTab,
-    batch: layout.BatchTab,
-    video: layout.VideoTab,
-) -> None:
+def _wire_api(views: PageViews, page: layout.Page) -> None:
     """The named API (stable). Each is a hidden button's click, so the page stays simple while the
     API gets its name; /classify is the image's own change event (see _wire_page)."""
+    threshold, image, batch, video = page.threshold, page.image, page.batch, page.video
     for handler, inputs, output, name in (
         (views.moderate, [image.image, threshold, image.url], image.details, "moderate"),
         (views.moderate_batch, [batch.files, threshold, batch.urls], batch.results, "moderate_batch"),
@@ -95,14 +91,9 @@ def _wire_api(
         )
 
 
-def _wire_page(
-    views: PageViews,
-    threshold: gr.Slider,
-    image: layout.ImageTab,
-    batch: layout.BatchTab,
-    video: layout.VideoTab,
-) -> None:
+def _wire_page(views: PageViews, page: layout.Page) -> None:
     """The page's own events: bars as soon as an image arrives, the verdict, URL box, batch, video."""
+    threshold, image, batch, video = page.threshold, page.image, page.batch, page.video
     classified = image.image.change(
         lambda value, limit: (verdict_html("pending" if value else None, limit), None),
         inputs=[image.image, threshold],

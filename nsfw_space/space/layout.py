@@ -52,6 +52,16 @@ class VideoTab:
     results: gr.JSON
 
 
+@dataclass
+class Page:
+    """Everything the events are wired to: the shared threshold and the three tabs."""
+
+    threshold: gr.Slider
+    image: ImageTab
+    batch: BatchTab
+    video: VideoTab
+
+
 def threshold_controls(settings: Settings) -> gr.Slider:
     """The threshold every view shares, and the reveal switch for flagged previews."""
     with gr.Group():

@@ -49,33 +49,7 @@ def evaluate(
             f"{', '.join(classifier.labels)}); name the subfolders after the labels."
         )
     nsfw_names = {classifier.labels[i] for i in classifier.nsfw_indices}
-    truth_of = dict(zip(map(str, files.paths), files.labels, strict=True))
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(files), unit="image", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    truths: list[int] = []
-    probs: list[list[float]] = []
-    nsfw_scores: list[float] = []
-    skipped: list[str] = []
-    started = time.perf_counter()
-    for source, outcome in classifier.iter_predictions(list(map(str, files.paths)), batch_size=batch_size):
-        bar.update(1)
-        if isinstance(outcome, InvalidImageError):
-            skipped.append(f"{source}: {outcome}")
-            continue
-        assert isinstance(outcome, Prediction)
-        truths.append(by_name[truth_of[str(source)].lower()])
-        probs.append([outcome.scores[label] for label in classifier.labels])
-        nsfw_scores.append(outcome.nsfw_score)
-    runtime = time.perf_counter() - started
-    bar.close()
-    if not truths:
-        raise ConfigError("None of the images could be read; nothing to evaluate.")
-
-    truth = np.asarray(truths)
-    prob = np.asarray(probs, dtype=np.float64)
-    scores = np.asarray(nsfw_scores, dtype=np.float64)
+    truth, prob, scores, skipped, runtime = _score_all(classifier, files, by_name, batch_size, progress)
     positive = np.isin(truth, [by_name[name.lower()] for name in nsfw_names])
     count = len(truth)
     metrics: dict[str, Any] = {
@@ -109,6 +83,42 @@ def evaluate(
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_plots(output_dir, positive, scores, truth, classifier.labels)
     return metrics
+
+
+def _score_all(
+    classifier: NSFWClassifier, files: Any, by_name: dict[str, int], batch_size: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], float]:
+    """(true label indices, label probabilities, nsfw scores, unreadable files, seconds)."""
+    from tqdm.auto import tqdm
+
+    truth_of = dict(zip(map(str, files.paths), files.labels, strict=True))
+
+    bar = tqdm(total=len(files), unit="image", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    truths: list[int] = []
+    probs: list[list[float]] = []
+    nsfw_scores: list[float] = []
+    skipped: list[str] = []
+    started = time.perf_counter()
+    for source, outcome in classifier.iter_predictions(list(map(str, files.paths)), batch_size=batch_size):
+        bar.update(1)
+        if isinstance(outcome, InvalidImageError):
+            skipped.append(f"{source}: {outcome}")
+            continue
+        assert isinstance(outcome, Prediction)
+        truths.append(by_name[truth_of[str(source)].lower()])
+        probs.append([outcome.scores[label] for label in classifier.labels])
+        nsfw_scores.append(outcome.nsfw_score)
+    runtime = time.perf_counter() - started
+    bar.close()
+    if not truths:
+        raise ConfigError("None of the images could be read; nothing to evaluate.")
+    return (
+        np.asarray(truths),
+        np.asarray(probs, dtype=np.float64),
+        np.asarray(nsfw_scores, dtype=np.float64),
+        skipped,
+        runtime,
+    )
 
 
 def _binary(positive: np.ndarray, predicted: np.ndarray) -> dict[str, float | None]:
