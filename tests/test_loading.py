@@ -89,3 +89,11 @@ def test_auto_precision_follows_the_cpu(monkeypatch):
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
     assert device.resolve_precision("auto", torch.device("cpu")) == torch.float32
     assert device.resolve_precision("auto", torch.device("cuda")) == torch.float16
+
+
+def test_the_cpu_is_described_with_the_flags_that_decide_speed():
+    from nsfw_space.model import device
+
+    text = device.cpu_description({"avx2", "avx512_vnni"})
+    assert text.startswith(device.cpu_model())
+    assert "AVX2 yes, AVX512-BF16 no, AVX512-VNNI yes, AMX no" in text

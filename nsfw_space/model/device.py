@@ -47,6 +47,31 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+ISA_FLAGS = {"AVX2": "avx2", "AVX512-BF16": "avx512_bf16", "AVX512-VNNI": "avx512_vnni", "AMX": "amx_tile"}
+
+
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it (the machine type elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def cpu_description(flags: set[str] | None = None) -> str:
+    """``'AMD EPYC, 2 cores; AVX2 yes, AVX512-BF16 no, AVX512-VNNI no, AMX no'``: what a speed
+    figure needs beside it."""
+    flags = cpu_flags() if flags is None else flags
+    isa = ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in ISA_FLAGS.items())
+    return f"{cpu_model()}, {os.cpu_count()} cores; {isa}"
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU multiplies bf16 in hardware (AMX-BF16 or AVX512-BF16)."""

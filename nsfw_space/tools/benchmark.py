@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nsfw_space.model.classifier import NSFWClassifier
-from nsfw_space.model.device import cpu_has_fast_bf16
+from nsfw_space.model.device import cpu_description, cpu_has_fast_bf16
 from nsfw_space.tools.loadtest import process_rss_mb
 from nsfw_space.tools.synthetic import VIT_BASE, build_model_dir, jpeg_bytes, varied_image
 
@@ -190,9 +190,9 @@ def format_comparison(results: list[PathResult], count: int, classifier: NSFWCla
     sizes = ", ".join(f"{w}x{h}" for w, h in MIXED_SIZES)
     spread = max(card.scores.values()) - min(card.scores.values())
     lines = [
-        f"machine: {platform.machine()}, {os.cpu_count()} cores; torch {_torch_version()}, "
-        f"{_threads()} threads; bf16 matrix units (AMX/AVX512-BF16): {'yes' if cpu_has_fast_bf16() else 'no'}; "
-        f"device {classifier.device}",
+        f"machine: {cpu_description()}; {platform.machine()}; torch {_torch_version()}, "
+        f"{_threads()} threads; bf16 in hardware: {'yes' if cpu_has_fast_bf16() else 'no'}; "
+        f"device {classifier.device}, {classifier.precision}",
         f"{count} JPEGs of mixed sizes ({sizes}), files to scores, median of {len(card.seconds)} "
         "alternating rounds; ViT-B/16",
         "",
@@ -264,7 +264,7 @@ def run_api_benchmark(
         server.join(timeout=30)
     lines = [
         f"/classify through gradio_client, one 1024x768 JPEG, {calls} calls each, alternating; "
-        f"{os.cpu_count()} cores; servers in a separate process",
+        f"{cpu_description()}; servers in a separate process",
         f"{'server':<42} {'p50 ms':>7} {'p95 ms':>7}",
     ]
     for name, values in latencies.items():
