@@ -139,7 +139,10 @@ def _with_times(frames: list[Image.Image], times: list[float]) -> list[Image.Ima
 
 
 def is_animated(image: Image.Image) -> bool:
-    return bool(getattr(image, "is_animated", False)) and getattr(image, "n_frames", 1) > 1
+    """Whether ``image`` has more than one frame. Pillow's own flag only: for a GIF it looks at
+    the second frame, where ``n_frames`` would parse every frame of the file before the frame
+    cap could apply (4.3 s for a 22 MB GIF of 600,000 frames)."""
+    return bool(getattr(image, "is_animated", False))
 
 
 def _read_source(source: ImageSource, max_bytes: int | None) -> bytes:
