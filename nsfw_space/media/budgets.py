@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from nsfw_space.errors import InvalidImageError
 
@@ -148,7 +149,6 @@ _LIBC = _libc()
 _trimmer_started = threading.Event()
 M_ARENA_MAX = -8  # glibc's mallopt parameter numbers
 M_MMAP_THRESHOLD = -3
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def start_memory_trimmer(interval: float = 5.0, growth_mb: float = 64.0) -> None:
@@ -172,28 +172,31 @@ def start_memory_trimmer(interval: float = 5.0, growth_mb: float = 64.0) -> None
         _LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 20)
 
     def trim_forever() -> None:
-        baseline = resident_mb()  # the lowest reading since the last collection
+        baseline = process_rss_mb(os.getpid()) or 0.0  # the lowest reading since the last collection
         while True:
             time.sleep(interval)
             release_memory()
-            now = resident_mb()
+            now = process_rss_mb(os.getpid()) or 0.0
             if now - baseline > growth_mb:
                 gc.collect()
                 release_memory()
-                now = resident_mb()
-                baseline = now
-            baseline = min(baseline, now)
+                baseline = process_rss_mb(os.getpid()) or 0.0  # measured again after the collection
+            else:
+                baseline = min(baseline, now)
 
     threading.Thread(target=trim_forever, name="nsfw-memory-trimmer", daemon=True).start()
 
 
-def resident_mb() -> float:
-    """This process's resident memory in MB (Linux; 0 elsewhere)."""
+def process_rss_mb(pid: int) -> float | None:
+    """Resident memory of process ``pid`` in MB (Linux /proc), or None where it can't be read."""
     try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            return int(handle.read().split()[1]) * PAGE_BYTES / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
 
 
 def release_memory() -> None:

@@ -7,6 +7,8 @@ endpoint's description in view_api and the MCP tool's. Page-only events live in 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gradio as gr
@@ -146,10 +148,8 @@ class Handlers:
         predict = gpu_task(view.predict) if on_zero_gpu() else view.predict
         source = self._source(media)
         budget = PixelBudget(self.settings.max_request_pixels)
-        try:
+        with shown_as_error(FILE_REFUSED):
             prediction = predict(source, rule=rule, k=at_least, budget=budget)
-        except InvalidImageError as err:
-            raise gr.Error(str(err), title="This file can't be checked", print_exception=False) from None
         result = prediction.to_dict(limit)
         result.setdefault("frame_scores", [round(prediction.nsfw_score, 6)])
         result.setdefault("frame_times", [0.0])
@@ -158,27 +158,21 @@ class Handlers:
 
     # --- helpers ---------------------------------------------------------------------------------
     def _run(self, source: str | bytes) -> Prediction:
-        try:
+        with shown_as_error(FILE_REFUSED):
             return self._predict(source, budget=PixelBudget(self.settings.max_request_pixels))
-        except InvalidImageError as err:
-            raise gr.Error(str(err), title="This file can't be checked", print_exception=False) from None
 
     def _source(self, payload: Any) -> str | bytes:
         """A caller's file payload -> a received file's path or bytes (see :mod:`.payloads`)."""
-        try:
+        with shown_as_error(FILE_REFUSED):
             return self._source_or_error(payload)
-        except InvalidImageError as err:
-            raise gr.Error(str(err), title="This file can't be checked", print_exception=False) from None
 
     def _source_or_error(self, payload: Any) -> str | bytes:
-        fetch = self._fetch_or_error if self.settings.allow_urls else None
-        return payload_source(payload, max_bytes=self.settings.max_file_bytes, fetch=fetch)
+        # the fetcher itself refuses when URLs are off: one sentence for that, wherever the URL came
+        return payload_source(payload, max_bytes=self.settings.max_file_bytes, fetch=self._fetch_or_error)
 
     def _fetch(self, url: str) -> bytes:
-        try:
+        with shown_as_error("This URL can't be checked"):
             return self._fetch_or_error(url)
-        except InvalidImageError as err:
-            raise gr.Error(str(err), title="This URL can't be checked", print_exception=False) from None
 
     def _fetch_or_error(self, url: str, max_bytes: int | None = None) -> bytes:
         if not self.settings.allow_urls:
@@ -256,6 +250,18 @@ class Handlers:
             if progress is not None:
                 progress((index + 1, len(sources)), desc="Checking", unit="files")
         return outcomes
+
+
+FILE_REFUSED = "This file can't be checked"
+
+
+@contextmanager
+def shown_as_error(title: str) -> Iterator[None]:
+    """An InvalidImageError inside becomes a ``gr.Error``: its sentence under ``title``, no traceback."""
+    try:
+        yield
+    except InvalidImageError as err:
+        raise gr.Error(str(err), title=title, print_exception=False) from None
 
 
 def unique_name(name: str, taken: list[tuple[str, Any]]) -> str:

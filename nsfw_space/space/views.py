@@ -3,8 +3,6 @@ box, the batch table with its CSV and thumbnails, and the GIF/video plot."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -90,5 +88,7 @@ class PageViews(Handlers):
 
 
 def csv_folder() -> Path:
-    """Where the batch view's CSV files go: Gradio's cache folder, deleted with the uploads."""
-    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio") / "nsfw-space"
+    """Where the batch view's CSV files go: Gradio's upload folder, deleted with the uploads."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()) / "nsfw-space"

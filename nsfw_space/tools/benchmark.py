@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nsfw_space.media.budgets import process_rss_mb
 from nsfw_space.model.classifier import NSFWClassifier
 from nsfw_space.model.device import cpu_description, cpu_has_fast_bf16
-from nsfw_space.tools.loadtest import process_rss_mb
 from nsfw_space.tools.synthetic import VIT_BASE, build_model_dir, jpeg_bytes, varied_image
 
 logger = logging.getLogger(__name__)

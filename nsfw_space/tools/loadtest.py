@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nsfw_space.errors import ConfigError
+from nsfw_space.media.budgets import process_rss_mb
 
 logger = logging.getLogger(__name__)
 
@@ -120,18 +121,6 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
     return ordered[index]
-
-
-def process_rss_mb(pid: int) -> float | None:
-    """Resident memory of process ``pid`` in MB (Linux /proc), or None where it can't be read."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return None
 
 
 def start_local_server(
