@@ -52,6 +52,7 @@ def run_scan(args: argparse.Namespace) -> int:
         k=args.min_frames,
     )
     seconds = time.perf_counter() - started
+    _finish_builds(classifier)
     rate = summary.files / seconds if seconds > 0 else 0.0
     skipped = f", {summary.skipped} already done" if summary.skipped else ""
     print(
@@ -175,3 +176,15 @@ def show_library_progress() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.enable_progress_bar()
+
+
+def _finish_builds(classifier) -> None:
+    """An int8 build still running when the work is done is finished (once per model and CPU), so
+    the next run starts fast; Ctrl-C skips it."""
+    if classifier.wait_until_ready(0):
+        return
+    print("finishing the int8 build so later runs start with it (once; Ctrl-C skips)", file=sys.stderr)
+    try:
+        classifier.wait_until_ready()
+    except KeyboardInterrupt:
+        print("int8 build skipped; it starts again next time", file=sys.stderr)

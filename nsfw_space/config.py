@@ -28,9 +28,15 @@ class Settings:
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ..."""
     precision: str = "auto"
-    """``auto``, ``fp32``, ``bf16`` or ``fp16``."""
+    """``auto`` (on the CPU: int8 where it was measured faster, built in the background and cached;
+    else bf16 on CPUs with bf16 matrix units, fp32 elsewhere; fp16 on a GPU), ``fp32``, ``bf16``,
+    ``fp16`` or ``int8`` (CPU only)."""
     optimize: str = "auto"
-    """``auto`` (TorchScript + oneDNN fusion on the CPU, plain on a GPU), ``none``, ``jit``, ``compile``."""
+    """``auto`` (TorchScript + oneDNN fusion on the CPU, plain on a GPU), ``none`` (also: no int8
+    build for ``precision=auto``), ``jit``, ``compile``."""
+    cache_dir: str = ""
+    """Where built int8 packages are kept (empty: ``$XDG_CACHE_HOME/nsfw_space``, else
+    ``~/.cache/nsfw_space``); on a Space, a folder of persistent storage keeps them over restarts."""
     nsfw_labels: str = ""
     """Comma-separated label names that count as NSFW; empty means found by name."""
     threshold: float = 0.5
@@ -122,7 +128,7 @@ class Settings:
             )
         if self.precision not in Precision.values():
             raise ConfigError(
-                f"NSFW_SPACE_PRECISION must be auto, fp32, bf16 or fp16, got {self.precision!r}."
+                f"NSFW_SPACE_PRECISION must be one of {', '.join(Precision.values())}, got {self.precision!r}."
             )
 
     @property

@@ -15,11 +15,16 @@ QUIET_ENVIRONMENT = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
 }
 CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "gradio_client")
+# torchao (imported by transformers when installed) warns that its CUDA kernels do not load on a
+# CPU machine, and torch's pytree warns about torchao's enums: neither is the user's concern.
+NOISY_AT_IMPORT = ("torchao", "torch.utils._pytree")
 
 
 def quiet_libraries() -> None:
-    """Set the quiet defaults and keep chatty HTTP loggers at WARNING."""
+    """Set the quiet defaults, keep chatty HTTP loggers at WARNING and import-time noise away."""
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in NOISY_AT_IMPORT:
+        logging.getLogger(name).setLevel(logging.ERROR)

@@ -23,6 +23,7 @@ class Precision(_Choice):
     FP32 = "fp32"
     BF16 = "bf16"
     FP16 = "fp16"
+    INT8 = "int8"
 
 
 class Optimization(_Choice):

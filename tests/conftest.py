@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("GRADIO_SERVER_NAME", "127.0.0.1")
+# Apps and CLIs started by tests run fp32 unless a test asks otherwise: building int8 aside (a
+# background compile) is tested in test_int8.py, not as a side effect of every app start.
+os.environ.setdefault("NSFW_SPACE_PRECISION", "fp32")
+os.environ.setdefault("NSFW_SPACE_CACHE_DIR", tempfile.mkdtemp(prefix="nsfw-space-test-cache-"))
 
 from pathlib import Path
 
 import pytest
 
 from nsfw_space import NSFWClassifier, Settings
-from nsfw_space.tools.synthetic import build_model_dir, varied_image
+from nsfw_space.tools.synthetic import build_model_dir, jpeg_bytes, varied_image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,3 +84,23 @@ def client(app_url):
     from gradio_client import Client
 
     return Client(app_url, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """JPEGs from small to phone-camera size, where draft-mode decoding kicks in."""
+    folder = tmp_path_factory.mktemp("photos")
+    paths = []
+    for seed, size in enumerate([(640, 480), (1920, 1080), (3264, 2448), (4032, 3024), (300, 900)]):
+        path = folder / f"photo{seed}.jpg"
+        small = varied_image(40 + seed, (size[0] // 4, size[1] // 4))
+        path.write_bytes(jpeg_bytes(small.resize(size), quality=90))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def card_scores(model_dir, photos):
+    from tests.test_classifier import card_pipeline_scores
+
+    return {str(path): card_pipeline_scores(model_dir, path)["nsfw"] for path in photos}

@@ -121,7 +121,7 @@ def test_any_label_names_work_with_nsfw_labels_setting(tmp_path, images):
     custom = build_model_dir(tmp_path / "custom", labels=("ok", "flag"))
     with pytest.raises(ModelLoadError, match="NSFW_SPACE_NSFW_LABELS"):
         NSFWClassifier.from_pretrained(str(custom))
-    flagged = NSFWClassifier.from_pretrained(str(custom), nsfw_labels=["flag"])
+    flagged = NSFWClassifier.from_pretrained(str(custom), nsfw_labels=["flag"], precision="fp32")
     assert flagged.predict(images[0]).nsfw_score == pytest.approx(flagged.predict(images[0]).scores["flag"])
 
 

@@ -102,7 +102,7 @@ def test_train_model_card_has_the_settings_and_training_stats(trained):
 
 
 def test_the_space_serves_the_trained_model(trained, toy):
-    clf = NSFWClassifier.from_pretrained(str(trained[0]))
+    clf = NSFWClassifier.from_pretrained(str(trained[0]), precision="fp32")
     assert clf.labels == ["normal", "nsfw"]
     assert clf.predict(toy / "data" / "test" / "nsfw" / "0.png").label == "nsfw"
     assert clf.predict(toy / "data" / "test" / "normal" / "0.png").label == "normal"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from nsfw_space.config import DEFAULT_MODEL, Settings
 from nsfw_space.errors import InvalidImageError
 from nsfw_space.media.budgets import DEFAULT_MAX_PIXELS, DecodeLimits, PixelBudget
 from nsfw_space.media.images import ImageSource, describe, frame_time, load_frames
-from nsfw_space.model.device import resolve_device, resolve_precision
+from nsfw_space.model.device import int8_choice, resolve_device, resolve_precision
 from nsfw_space.model.labels import find_nsfw_indices
 from nsfw_space.model.loading import load_model_and_processor
 from nsfw_space.model.optimize import eager_forward
@@ -61,6 +63,7 @@ class NSFWClassifier:
         self.nsfw_indices = find_nsfw_indices(self.labels, nsfw_labels, self.name)
         self._preprocessor = Preprocessor(processor)
         self._input_size = self._preprocessor.input_size
+        self._int8_key: str | None = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -93,11 +96,14 @@ class NSFWClassifier:
         frames: int = 8,
         optimize: str = "auto",
         limits: DecodeLimits | None = None,
+        cache_dir: str | None = None,
     ) -> NSFWClassifier:
         """Load a hub id or a local directory; ``device``/``precision``/``optimize`` ``auto`` pick
-        the fastest (see :meth:`optimize`)."""
+        the fastest (see :meth:`optimize` and :meth:`use_int8`). int8 packages are cached in
+        ``cache_dir`` (default: :func:`nsfw_space.model.quantize.default_cache_dir`)."""
         target = resolve_device(device)
         dtype = resolve_precision(precision, target)
+        int8 = int8_choice(precision, target, optimize)
         network, processor = load_model_and_processor(model, revision=revision, dtype=dtype)
         logger.info("loaded %s on %s in %s", model, target, str(dtype).replace("torch.", ""))
         classifier = cls(
@@ -113,7 +119,22 @@ class NSFWClassifier:
             limits=limits,
             _owned=True,
         )
-        classifier.optimize(optimize)
+        if not int8:
+            classifier.optimize(optimize)
+            return classifier
+
+        def fp32_model() -> torch.nn.Module:
+            if dtype == torch.float32:
+                return classifier.model
+            return load_model_and_processor(model, revision=revision, dtype=torch.float32)[0]
+
+        # A package cached for this model and CPU is used at once; else the plain forward is
+        # optimised as usual and serves while the int8 one is built aside.
+        cached = classifier.use_int8(int8, cache_dir=cache_dir, build="never")
+        if cached != "int8":
+            classifier.optimize(optimize)
+        if cached == "not built":
+            classifier.use_int8(int8, cache_dir=cache_dir, fp32_model=fp32_model, build="aside")
         return classifier
 
     @classmethod
@@ -128,6 +149,7 @@ class NSFWClassifier:
             limits=settings.decode_limits,
             frames=settings.frames,
             optimize=settings.optimize,
+            cache_dir=settings.cache_dir or None,
         )
 
     def with_limits(
@@ -166,8 +188,92 @@ class NSFWClassifier:
         )
         return used
 
+    def use_int8(
+        self,
+        when: str = "always",
+        *,
+        cache_dir: str | Path | None = None,
+        fp32_model: Callable[[], torch.nn.Module] | None = None,
+        build: str = "aside",
+    ) -> str:
+        """Serve through an int8 forward (see :mod:`nsfw_space.model.quantize`). Returns ``"int8"``
+        when it is in use now, ``"building"`` while it is built aside, ``"slower here"`` when it
+        was measured slower (``when="if-faster"``), ``"not built"`` (``build="never"``), or why
+        int8 cannot be used here.
+
+        A package cached for this model, torch and CPU is loaded at once (about a second with
+        ViT-B). Otherwise it is built (``build="aside"``: on a thread of its own while the current
+        forward keeps serving; ``"now"``: before returning) and swapped in when it has passed its
+        check against fp32. ``when="if-faster"`` uses it only if it was measured faster than the
+        current forward on this CPU. ``fp32_model`` gives the fp32 weights to quantise when this
+        classifier holds another dtype.
+        """
+        from nsfw_space.model import quantize
+
+        if self.device.type != "cpu":
+            return f"int8 runs on the CPU, not on {self.device.type}"
+        reason = quantize.missing_requirement()
+        if reason:
+            logger.warning("int8 not available: %s; serving %s", reason, self.precision)
+            return reason
+        folder = self._int8_folder(cache_dir)
+        package = quantize.load_package(folder, self.preprocess)
+        if package is not None:
+            return self._adopt_int8(package, when)
+        if build == "never":
+            return "not built"
+
+        def make() -> None:
+            started = time.perf_counter()
+            source = fp32_model() if fp32_model else (self.model if self.dtype == torch.float32 else None)
+            if source is None:
+                raise quantize.Int8Unavailable("no fp32 weights to quantise were given")
+            package = quantize.build_package(source, folder, self.preprocess, self.probabilities)
+            logger.info("int8 package built in %.0f s: %s", time.perf_counter() - started, folder)
+            self._adopt_int8(package, when)
+
+        if build == "now":
+            try:
+                make()
+            except Exception as err:  # noqa: BLE001 - the served forward stays; say why
+                logger.warning("int8 not used (%s); serving on with %s", err, self.optimization)
+                return str(err)
+            return "int8" if self.precision == "int8" else "slower here"
+        logger.info(
+            "building int8 aside (a minute or two, once per model and CPU); serving %s meanwhile",
+            self.precision,
+        )
+        self._runner.build_aside("int8", make)
+        return "building"
+
+    def _int8_folder(self, cache_dir: str | Path | None) -> Path:
+        from nsfw_space.model import quantize
+
+        root = Path(cache_dir) if cache_dir else quantize.default_cache_dir()
+        if self._int8_key is None:  # a digest of all the weights: computed once
+            self._int8_key = quantize.package_key(self.model, self.name)
+        return root / "int8" / self._int8_key
+
+    def _adopt_int8(self, package: Any, when: str) -> str:
+        from nsfw_space.model.quantize import describe
+
+        if when == "if-faster" and not package.faster:
+            logger.info("int8 not used: %s", describe(package.meta))
+            return "slower here"
+        self._runner.plan = ForwardPlan(
+            package.forward, package.forward, name="int8", input_dtype=torch.float32
+        )
+        logger.info("serving int8 (%s)", describe(package.meta))
+        return "int8"
+
+    def wait_until_ready(self, timeout: float | None = None) -> bool:
+        """Wait until speed-ups being built aside are done; True when none is still building."""
+        return self._runner.wait_for_builds(timeout)
+
     @property
     def precision(self) -> str:
+        if self._runner.plan.name == "int8":
+            return "int8"
         return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
             self.dtype, str(self.dtype)
         )
@@ -208,29 +314,11 @@ class NSFWClassifier:
         return np.concatenate(chunks)
 
     def _run(self, forward: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, self.dtype)
+        dtype = self._runner.plan.input_dtype or self.dtype
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, dtype)
         with self._runner.lock, torch.inference_mode():
             logits = forward(tensor)
         return torch.softmax(logits.float(), dim=-1).cpu().numpy()
-
-    def prepare_batches(self, batch_size: int) -> None:
-        """With JIT optimisation, trace one fixed-shape batch forward for ``batch_size`` (batches
-        are then padded to it). Measured 29 vs 22 images/s on ViT-B bf16, 2 cores, for about
-        600 MB more memory; only one batch shape is kept at a time."""
-        plan = self._runner.plan
-        if plan.name != "jit" or batch_size < 2 or plan.pad_to == batch_size:
-            return
-        from nsfw_space.model.optimize import build_forward
-
-        probe = self._probe(batch_size)
-        with self._runner.lock:
-            if self._runner.plan.pad_to == batch_size:  # another thread built it meanwhile
-                return
-            # drop the old shape first, so its kernels and buffers are freed before the new trace
-            self._runner.plan = replace(self._runner.plan, batch=eager_forward(self.model), pad_to=0)
-            forward, mode = build_forward(self.model, "jit", probe)
-            if mode == "jit":
-                self._runner.plan = replace(self._runner.plan, batch=forward, pad_to=batch_size)
 
     def _probe(self, rows: int) -> torch.Tensor:
         """A fixed random input of ``rows`` images, to build and check a faster forward with."""

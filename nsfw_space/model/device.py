@@ -88,8 +88,14 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> fp16 on CUDA, bf16 on CPUs with bf16 matrix units, fp32 elsewhere."""
+    """The dtype the model's weights are held in: ``auto`` -> fp16 on CUDA, bf16 on CPUs with
+    bf16 matrix units, fp32 elsewhere; ``int8`` -> fp32 (the int8 forward is built from it, see
+    :func:`int8_choice`)."""
     requested = (requested or "auto").strip().lower()
+    if requested == Precision.INT8:
+        if device.type != "cpu":
+            raise ConfigError(f"int8 runs on the CPU; on {device.type} use fp16 (or auto).")
+        return torch.float32
     if requested == "auto":
         if device.type == "cuda":
             return torch.float16
@@ -97,10 +103,23 @@ def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
             return torch.bfloat16
         return torch.float32
     if requested not in PRECISIONS:
-        raise ConfigError(f"Unknown precision {requested!r}; use auto, fp32, bf16 or fp16.")
+        raise ConfigError(f"Unknown precision {requested!r}; use {', '.join(Precision.values())}.")
     if requested == "fp16" and device.type == "cpu":
         logger.warning("fp16 on the CPU is slow on most processors; bf16 or fp32 is usually faster")
     return PRECISIONS[requested]
+
+
+def int8_choice(requested: str, device: torch.device, optimize: str = "auto") -> str | None:
+    """Whether to use int8: ``"always"`` when asked for, ``"if-faster"`` for ``auto`` on the CPU
+    (it is then used only where it was measured faster than the plain forward), else None.
+    ``optimize=none`` (no speed-ups) means no int8 for ``auto``."""
+    requested = (requested or "auto").strip().lower()
+    if requested == Precision.INT8:
+        return "always"
+    optimize = (optimize or "auto").strip().lower()
+    if requested == "auto" and device.type == "cpu" and optimize != "none":
+        return "if-faster"
+    return None
 
 
 def on_zero_gpu() -> bool:

@@ -25,7 +25,6 @@ class Scorer(Protocol):
     device: torch.device
     labels: list[str]
 
-    def prepare_batches(self, batch_size: int) -> None: ...
     def decode(self, source: ImageSource, budget: PixelBudget | None = None) -> Decoded: ...
     def probabilities(self, pixels: np.ndarray) -> np.ndarray: ...
     def make_prediction(
@@ -58,7 +57,6 @@ def iter_predictions(
     whole run: inputs past it come back as InvalidImageError.
     """
     batch_size = max(1, int(batch_size))
-    classifier.prepare_batches(batch_size)
     overlap = classifier.device.type != "cpu"
     workers = workers or (_default_workers() if overlap else (os.cpu_count() or 1))
     lookahead = 2 * batch_size if overlap else batch_size

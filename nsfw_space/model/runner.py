@@ -4,13 +4,17 @@ immutable forward plan that is swapped whole (never changed in place)."""
 from __future__ import annotations
 
 import copy
+import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from nsfw_space.model.optimize import eager_forward
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -22,16 +26,44 @@ class ForwardPlan:
     batch: Callable[[torch.Tensor], torch.Tensor]
     pad_to: int = 0  # fixed-shape batch forward: chunks padded to this many rows (0: any shape)
     name: str = "none"
+    input_dtype: torch.dtype | None = None  # None: the model's dtype
 
 
 class Runner:
-    """The model, its lock and its current plan: shared by a classifier and all its views."""
+    """The model, its lock and its current plan: shared by a classifier and all its views.
+
+    A faster plan that takes long to build is built on a thread of its own (:meth:`build_aside`)
+    while the current plan keeps serving; the new plan replaces it in one assignment.
+    """
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
         self.lock = threading.Lock()
         eager = eager_forward(model)
         self.plan = ForwardPlan(eager, eager)
+        self._builds: list[threading.Thread] = []
+
+    def build_aside(self, name: str, build: Callable[[], None]) -> None:
+        """Run ``build`` (which swaps in its plan when it has one) on a daemon thread."""
+
+        def run() -> None:
+            try:
+                build()
+            except Exception as err:  # a failed speed-up leaves the served plan as it is
+                logger.warning("%s not used (%s); serving on with %s", name, err, self.plan.name)
+                logger.debug("why %s failed", name, exc_info=True)
+
+        thread = threading.Thread(target=run, name=f"nsfw-build-{name}", daemon=True)
+        self._builds.append(thread)
+        thread.start()
+
+    def wait_for_builds(self, timeout: float | None = None) -> bool:
+        """Wait for builds started with :meth:`build_aside`; True when none is still running."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in list(self._builds):
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._builds = [thread for thread in self._builds if thread.is_alive()]
+        return not self._builds
 
 
 class _Float32Head(torch.nn.Module):

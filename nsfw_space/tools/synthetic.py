@@ -13,6 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nsfw_space.media.samples import varied_image
+
+__all__ = ["varied_image"]  # re-exported: tests and benchmarks draw their images from here
+
 VIT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 VIT_TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 PROCESSOR_CONFIG = {
@@ -80,25 +84,6 @@ def _spread_head(model, processor, labels, spread: float, seed: int) -> None:
     with torch.no_grad():
         model.classifier.weight.copy_(torch.tensor(weight, dtype=torch.float32))
         model.classifier.bias.copy_(torch.tensor(bias, dtype=torch.float32))
-
-
-def varied_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
-    """A deterministic RGB picture with shapes, gradients and noise that differ by ``seed``."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = rng.uniform(0, 255, 3)
-    slope = rng.uniform(-1, 1, (3, 2)) * 255
-    channels = [base[c] + slope[c, 0] * x / width + slope[c, 1] * y / height for c in range(3)]
-    pixels = np.stack(channels, axis=-1) + rng.normal(0, rng.uniform(2, 40), (height, width, 3))
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(2, 9))):
-        x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-        x1, y1 = x0 + rng.uniform(1, max(2, width / 2)), y0 + rng.uniform(1, max(2, height / 2))
-        color = tuple(int(v) for v in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=color)
-    return image
 
 
 def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:

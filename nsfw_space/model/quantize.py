@@ -1,0 +1,257 @@
+"""int8 on the CPU: PyTorch 2 export quantisation (torchao's x86 quantizer, static, per-channel
+weights), compiled ahead of time with AOTInductor into one package file, cached on disk.
+
+Why this route: ``benchmarks/int8_routes.py`` runs it beside ONNX Runtime static QDQ and OpenVINO
+with NNCF on the same ViT-B/16; on each CPU we measured it was the fastest int8 (README, "Speed").
+Building takes a minute or two (export, calibration on generated pictures, C++ compile), so it is
+done once per model, torch/torchao version and CPU and kept under the cache folder; a restart loads
+the package in well under a second.
+
+Every package is checked before use: on held-out generated pictures its nsfw scores must stay
+within ``TOLERANCE`` of the fp32 model's (the fp32 scores are kept beside the package, so a cached
+package is checked again at every load without the fp32 model). One that fails is not used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nsfw_space.media.samples import varied_image
+from nsfw_space.model.device import cpu_flags
+from nsfw_space.model.optimize import TOLERANCE, Forward, Logits
+
+logger = logging.getLogger(__name__)
+
+ROUTE = "pt2e-x86-static-aoti-2"  # change when the recipe changes: old packages are then not used
+CALIBRATION_IMAGES = 32
+HELD_OUT_IMAGES = 8
+MAX_BATCH = 256
+CACHE_SETTING = "NSFW_SPACE_CACHE_DIR"
+
+
+class Int8Unavailable(RuntimeError):
+    """int8 cannot be built or used here; the message says why."""
+
+
+def default_cache_dir() -> Path:
+    """``$NSFW_SPACE_CACHE_DIR``, else ``$XDG_CACHE_HOME/nsfw_space``, else ``~/.cache/nsfw_space``."""
+    configured = os.environ.get(CACHE_SETTING, "").strip()
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nsfw_space"
+
+
+def missing_requirement() -> str | None:
+    """Why int8 cannot be built on this machine, or None when it can."""
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return "torchao is not installed (pip install torchao)"
+    if not any(shutil.which(name) for name in ("c++", "g++", "clang++")):
+        return "no C++ compiler was found (AOTInductor needs one: apt-get install g++)"
+    return None
+
+
+def needs_reduced_range() -> bool:
+    """True on CPUs without int8 dot-product units (VNNI, AMX): there the u8 x s8 products are
+    summed in 16 bits and saturate, so activations get 7 bits. Measured on an AVX2-only EPYC with
+    the test model: nsfw scores off by 0.055 with 8 bits, 0.008 with 7."""
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A digest of every parameter and buffer (names, dtypes, shapes, bytes): the model's identity."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
+        data = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def package_key(model: torch.nn.Module, name: str) -> str:
+    """The cache key: the weights, torch and torchao versions, the CPU's flags and the recipe."""
+    import torchao
+
+    parts = [
+        ROUTE,
+        weights_digest(model),
+        torch.__version__,
+        torchao.__version__,
+        hashlib.blake2b(" ".join(sorted(cpu_flags())).encode(), digest_size=8).hexdigest(),
+        str(torch.get_num_threads()),
+    ]
+    readable = "".join(ch if ch.isalnum() else "-" for ch in name.rsplit("/", 1)[-1])[:40] or "model"
+    return f"{readable}-{hashlib.blake2b('|'.join(parts).encode(), digest_size=10).hexdigest()}"
+
+
+def generated_pixels(preprocess: Callable[[Any], np.ndarray], count: int, first_seed: int) -> np.ndarray:
+    """``count`` generated pictures of varied colour, shapes and noise, preprocessed (N, 3, H, W)."""
+    sizes = [(320, 240), (240, 320), (400, 300), (300, 300)]
+    images = [varied_image(first_seed + i, sizes[i % len(sizes)]) for i in range(count)]
+    return np.stack([preprocess(image) for image in images])
+
+
+@dataclass(frozen=True)
+class Int8Package:
+    """A checked int8 forward and what was measured when it was built."""
+
+    forward: Forward
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def faster(self) -> bool:
+        """True when int8 was measured faster than the plain forward on this CPU."""
+        return self.meta.get("int8_images_per_s", 0.0) > self.meta.get("plain_images_per_s", float("inf"))
+
+
+def load_package(folder: Path, preprocess: Callable[[Any], np.ndarray]) -> Int8Package | None:
+    """A cached package, checked again on the held-out pictures; None when there is none (or a
+    broken or failing one, which is then removed so it is rebuilt)."""
+    path, meta_path = folder / "model.pt2", folder / "meta.json"
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        forward = _load(path)
+        held_out = generated_pixels(preprocess, HELD_OUT_IMAGES, first_seed=10_000)
+        _check(forward, held_out, np.asarray(meta["reference"], dtype=np.float32))
+    except Exception as err:  # noqa: BLE001 - a package we cannot trust is rebuilt, never used
+        logger.warning("cached int8 package %s not used (%s); it will be rebuilt", folder, err)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return Int8Package(forward, path, meta)
+
+
+def build_package(
+    fp32_model: torch.nn.Module,
+    folder: Path,
+    preprocess: Callable[[Any], np.ndarray],
+    plain: Callable[[np.ndarray], Any],
+) -> Int8Package:
+    """Quantise ``fp32_model``, compile it, check it against fp32, time it against ``plain`` (the
+    forward served meanwhile) and store it in ``folder`` (written aside, then renamed: a crash
+    never leaves a half-written package behind). Raises Int8Unavailable."""
+    reason = missing_requirement()
+    if reason:
+        raise Int8Unavailable(reason)
+    calibration = torch.from_numpy(generated_pixels(preprocess, CALIBRATION_IMAGES, first_seed=0))
+    held_out = generated_pixels(preprocess, HELD_OUT_IMAGES, first_seed=10_000)
+    logits = Logits(fp32_model).eval()
+    with torch.inference_mode():
+        reference = torch.softmax(logits(torch.from_numpy(held_out)).float(), -1).numpy()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        started = time.perf_counter()
+        _compile_package(logits, calibration, workdir / "model.pt2")
+        build_seconds = time.perf_counter() - started
+        forward = _load(workdir / "model.pt2")
+        difference = _check(forward, held_out, reference)
+        meta = {
+            "route": ROUTE,
+            "torch": torch.__version__,
+            "reference": reference.tolist(),
+            "max_difference": difference,
+            "build_seconds": round(build_seconds, 1),
+            "int8_images_per_s": _images_per_second(lambda batch: forward(torch.from_numpy(batch)), held_out),
+            "plain_images_per_s": _images_per_second(plain, held_out),
+        }
+        (workdir / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            os.replace(workdir, folder)
+        except OSError:  # another process stored the same package first: theirs is as good
+            shutil.rmtree(workdir, ignore_errors=True)
+            return load_package(folder, preprocess) or Int8Package(forward, workdir, meta)
+    except Exception:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return Int8Package(_load(folder / "model.pt2"), folder / "model.pt2", meta)
+
+
+def _compile_package(logits: torch.nn.Module, calibration: torch.Tensor, path: Path) -> None:
+    import torch._inductor.config as inductor_config
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    example = (calibration[:4],)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # export's and torchao's deprecation chatter
+        graph = torch.export.export(logits, example, dynamic_shapes=({0: batch},)).module()
+        quantizer = x86.X86InductorQuantizer()
+        quantizer.set_global(
+            x86.get_default_x86_inductor_quantization_config(reduce_range=needs_reduced_range())
+        )
+        if isinstance(getattr(logits.model, "classifier", None), torch.nn.Linear):
+            # the head stays fp32 (as in bf16): tiny, and where the scores get their resolution
+            quantizer.set_module_name_qconfig("model.classifier", None)
+        prepared = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for start in range(0, len(calibration), 8):
+                prepared(calibration[start : start + 8])
+        quantized = convert_pt2e(prepared)
+        frozen = inductor_config.freezing
+        inductor_config.freezing = True  # weights become constants: prepacked int8 kernels
+        try:
+            with torch.no_grad():
+                program = torch.export.export(quantized, example, dynamic_shapes=({0: batch},))
+                torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        finally:
+            inductor_config.freezing = frozen
+
+
+def _load(path: Path) -> Forward:
+    runner = torch._inductor.aoti_load_package(str(path))
+
+    def forward(pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype != torch.float32:
+            pixels = pixels.float()
+        if len(pixels) <= MAX_BATCH:
+            return runner(pixels)
+        return torch.cat([runner(pixels[i : i + MAX_BATCH]) for i in range(0, len(pixels), MAX_BATCH)])
+
+    return forward
+
+
+def _check(forward: Forward, held_out: np.ndarray, reference: np.ndarray) -> float:
+    """The largest score difference from ``reference``; raises ValueError above TOLERANCE."""
+    with torch.inference_mode():
+        got = torch.softmax(forward(torch.from_numpy(held_out)).float(), -1).numpy()
+    if got.shape != reference.shape:
+        raise ValueError(f"the package answers {got.shape}, the model {reference.shape}")
+    difference = float(np.abs(got - reference).max())
+    if not difference <= TOLERANCE:
+        raise ValueError(f"int8 scores differ from fp32 by {difference:.4f} (more than {TOLERANCE})")
+    return difference
+
+
+def _images_per_second(forward: Callable[[np.ndarray], Any], pixels: np.ndarray, rounds: int = 2) -> float:
+    with torch.inference_mode():
+        forward(pixels)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            forward(pixels)
+    return round(rounds * len(pixels) / (time.perf_counter() - started), 2)
+
+
+def describe(meta: dict[str, Any], names: Sequence[str] = ("int8_images_per_s", "plain_images_per_s")) -> str:
+    """``'int8 6.1 img/s vs plain 2.9 img/s'``: the measurement a choice was made on."""
+    int8, plain = (meta.get(name, 0.0) for name in names)
+    return f"int8 {int8:.1f} img/s vs plain {plain:.1f} img/s (measured here at build)"
