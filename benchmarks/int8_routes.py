@@ -67,9 +67,7 @@ def main() -> None:
         return fp32.probabilities
 
     def jit():
-        jitted = NSFWClassifier.from_pretrained(model_dir, precision="fp32", optimize="jit")
-        jitted.prepare_batches(16)
-        return jitted.probabilities
+        return NSFWClassifier.from_pretrained(model_dir, precision="fp32", optimize="jit").probabilities
 
     def bf16():
         return NSFWClassifier.from_pretrained(model_dir, precision="bf16", optimize="none").probabilities

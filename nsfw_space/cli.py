@@ -62,6 +62,12 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
         "--threshold", type=_unit_float, default=None, help="flag at or above this nsfw score (default 0.5)"
     )
     scan.add_argument(
+        "--policy",
+        default=None,
+        metavar="POLICY.json",
+        help="block and review thresholds (from eval); adds decision allow/review/block (default: NSFW_SPACE_POLICY)",
+    )
+    scan.add_argument(
         "--batch-size", type=_positive_int, default=None, help="images per forward pass (default 16)"
     )
     scan.add_argument("--output", "-o", default=None, help="FILE.csv or FILE.jsonl (default: CSV on stdout)")
@@ -74,6 +80,13 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
     )
     scan.add_argument(
         "--min-frames", type=_positive_int, default=2, help="k, for --frame-rule k-of-n (default 2)"
+    )
+    scan.add_argument(
+        "--every",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="GIFs and videos: a frame at least every SECONDS (up to 1000) instead of 8 evenly spaced",
     )
     scan.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     scan.set_defaults(run=commands.run_scan)
@@ -157,6 +170,18 @@ def _add_eval(subcommands: Any) -> argparse.ArgumentParser:
     _model_options(evaluation)
     evaluation.add_argument("--target-precision", type=_unit_float, default=0.95)
     evaluation.add_argument(
+        "--block-precision",
+        type=_unit_float,
+        default=0.99,
+        help="policy.json: block without a person at this precision (default 0.99)",
+    )
+    evaluation.add_argument(
+        "--review-recall",
+        type=_unit_float,
+        default=0.95,
+        help="policy.json: send to review from the threshold that catches this share of nsfw (default 0.95)",
+    )
+    evaluation.add_argument(
         "--threshold", type=_unit_float, default=None, help="for precision/recall/F1 (default 0.5)"
     )
     evaluation.add_argument("--batch-size", type=_positive_int, default=None)
@@ -200,6 +225,16 @@ def _unit_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError("must be a number of seconds above 0")
     return value
 
 

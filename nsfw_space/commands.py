@@ -8,8 +8,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nsfw_space.config import Settings
+
+if TYPE_CHECKING:
+    from nsfw_space.model.policy import Policy
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -21,7 +25,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
         optimize=args.optimize,
         threshold=getattr(args, "threshold", None),
         batch_size=getattr(args, "batch_size", None),
+        policy=getattr(args, "policy", None),
     )
+
+
+def policy_from(settings: Settings, threshold: float | None = None) -> Policy:
+    """The settings' policy file (NSFW_SPACE_POLICY or --policy), else their single threshold; a
+    ``threshold`` given on the command line wins over the policy's block threshold."""
+    from nsfw_space.model.policy import Policy
+
+    if not settings.policy:
+        return Policy.single(settings.threshold)
+    return Policy.load(settings.policy).at(threshold)
+
+
+def _review_note(count: int, policy: Policy) -> str:
+    if policy.review >= policy.block:
+        return ""
+    return f", {count} for review (review threshold {policy.review})"
 
 
 def run_scan(args: argparse.Namespace) -> int:
@@ -40,12 +61,16 @@ def run_scan(args: argparse.Namespace) -> int:
 
     from nsfw_space.model.classifier import NSFWClassifier
 
+    policy = policy_from(settings, getattr(args, "threshold", None))
     classifier = NSFWClassifier.from_settings(settings)
+    if args.every:
+        classifier = classifier.with_limits(every=args.every)
     started = time.perf_counter()
     summary = scan(
         classifier,
         plan,
-        threshold=settings.threshold,
+        threshold=policy.block,
+        review_threshold=policy.review,
         batch_size=settings.batch_size,
         progress=not args.quiet,
         rule=args.frame_rule,
@@ -57,7 +82,8 @@ def run_scan(args: argparse.Namespace) -> int:
     skipped = f", {summary.skipped} already done" if summary.skipped else ""
     print(
         f"scanned {_count(summary.files, 'file')} in {seconds:.1f} s ({rate:.1f}/s): {summary.flagged} "
-        f"flagged nsfw at threshold {settings.threshold}, {summary.errors} unreadable{skipped}",
+        f"flagged nsfw at threshold {policy.block}{_review_note(summary.review, policy)}, "
+        f"{summary.errors} unreadable{skipped}",
         file=sys.stderr,
     )
     return 0
@@ -163,12 +189,15 @@ def run_eval(args: argparse.Namespace) -> int:
         args.data_dir,
         args.output_dir,
         target_precision=args.target_precision,
+        block_precision=args.block_precision,
+        review_recall=args.review_recall,
+        revision=settings.revision,
         threshold=settings.threshold,
         batch_size=settings.batch_size,
         progress=not args.quiet,
     )
     print(summary_text(metrics))
-    print(f"metrics and plots written to {args.output_dir}")
+    print(f"metrics, plots and policy.json written to {args.output_dir}")
     return 0
 
 

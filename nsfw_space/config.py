@@ -40,7 +40,10 @@ class Settings:
     nsfw_labels: str = ""
     """Comma-separated label names that count as NSFW; empty means found by name."""
     threshold: float = 0.5
-    """Default NSFW score at or above which an image is flagged."""
+    """Default NSFW score at or above which an image is flagged (``block``)."""
+    policy: str = ""
+    """A policy JSON file (block and review thresholds, see ``eval``); its block threshold then
+    replaces ``threshold``. Empty: the single threshold, nothing sent to review."""
     batch_size: int = 16
     """Images per forward pass in batch scoring."""
     max_batch_size: int = 8
@@ -68,6 +71,8 @@ class Settings:
     """Uploaded files are deleted from the server after about this many minutes."""
     max_batch_files: int = 100
     """Most files (uploads and URL lines together) one batch request may hold."""
+    max_calibration_files: int = 1000
+    """Most labelled images the Calibrate tab scores at once (boxes and zip together)."""
     max_batch_download: str = "200MB"
     """Most bytes one batch request may download from its URLs, all together."""
     frames: int = 8
@@ -115,6 +120,7 @@ class Settings:
             "concurrency",
             "frames",
             "max_batch_files",
+            "max_calibration_files",
             "max_animation_frames",
             "max_animation_pixels",
             "max_request_pixels",

@@ -42,8 +42,10 @@ def test_moderate_returns_the_json_verdict(client, classifier, images):
     expected = classifier.predict(path)
     for threshold in (0.0, 1.0, round(expected.nsfw_score, 2)):
         result = client.predict(handle_file(str(path)), threshold, api_name="/moderate")
-        assert set(result) == {"label", "scores", "nsfw_score", "is_nsfw", "threshold"}
-        assert result["threshold"] == threshold
+        keys = {"label", "scores", "nsfw_score", "is_nsfw", "threshold", "decision", "review_threshold"}
+        assert set(result) == keys  # the first five as before; a decision added (issue 14)
+        assert result["threshold"] == threshold == result["review_threshold"]  # no policy: one threshold
+        assert result["decision"] == ("block" if result["is_nsfw"] else "allow")
         assert result["nsfw_score"] == pytest.approx(expected.nsfw_score, abs=1e-4)
         assert result["is_nsfw"] is (result["nsfw_score"] >= threshold)
         assert result["label"] == expected.label

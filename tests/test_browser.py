@@ -212,3 +212,77 @@ def test_title_and_favicon(page, app_url):
     response = httpx.get(f"{app_url}favicon.ico", timeout=10)  # where browsers look for it
     assert response.status_code == 200 and response.headers["content-type"].startswith("image/")
     assert response.content == (ASSETS_DIR / "favicon.png").read_bytes()
+
+
+def test_calibrate_tab_makes_a_policy_this_session_uses_and_others_do_not(
+    browser, app_url, classifier, tmp_path
+):
+    example = example_paths()[1]
+    example_score = classifier.predict(example).nsfw_score
+    pool = []
+    for seed in range(60):
+        path = tmp_path / f"pool{seed}.png"
+        varied_image(100 + seed, (64, 48)).save(path)
+        pool.append((classifier.predict(path).nsfw_score, path))
+    pool.sort()
+    # Label so the classes split just below the example's score (if it is safe now: the policy
+    # will block it) or just above it (if it is flagged now: the policy will not block it).
+    flagged_now = example_score >= 0.5
+    cut = example_score + (1e-6 if flagged_now else -1e-6)
+    normal = [path for score, path in pool if score < cut][-12:]
+    nsfw = [path for score, path in pool if score >= cut][:12]
+    if len(normal) < 3 or len(nsfw) < 3:
+        normal, nsfw = [p for _, p in pool[:30]], [p for _, p in pool[30:]]  # scores too narrow: any split
+    before = browser.new_page(viewport={"width": 1280, "height": 900})
+    before.goto(app_url)
+    before.wait_for_selector("#image-input")
+    drop_example(before, example)
+    verdict_before = before.inner_text("#verdict")
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(app_url)
+    page.get_by_role("tab", name="Calibrate").click()
+    page.set_input_files("#calibrate-normal input[type=file]", [str(p) for p in normal])
+    page.set_input_files("#calibrate-nsfw input[type=file]", [str(p) for p in nsfw])
+    page.locator("#calibrate-button").click()
+    page.get_by_text("Block at").first.wait_for(timeout=60_000)
+    summary = page.inner_text("#calibrate-summary")
+    assert "Review from" in summary and f"{len(normal) + len(nsfw)} images scored" in summary
+    assert "rule of three" in summary  # 24 images are too few for precision 0.99: the page says so
+    for plot in ("#calibrate-roc", "#calibrate-pr", "#calibrate-histogram"):
+        page.wait_for_selector(f"{plot} canvas, {plot} svg", timeout=30_000)
+    # a new target redraws the thresholds
+    box = page.locator("#review-recall input[type=number]")
+    box.fill("0.6")
+    box.press("Enter")
+    page.get_by_text("recall ≥ 0.6").first.wait_for(timeout=30_000)
+    link = page.locator("#calibrate-policy a").first
+    link.wait_for(timeout=30_000)
+    policy = httpx.get(
+        link.get_attribute("href")
+        if link.get_attribute("href").startswith("http")
+        else app_url.rstrip("/") + link.get_attribute("href")
+    ).json()
+    assert 0 <= policy["review"] <= policy["block"] <= 1 and policy["targets"]["review_recall"] == 0.6
+    page.locator("#calibrate-use").click()
+    page.get_by_text("this browser session only").first.wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Image").click()
+    page.set_input_files("#image-input input[type=file]", str(example))
+    page.wait_for_selector(
+        "#verdict .verdict-normal, #verdict .verdict-nsfw, #verdict .verdict-review", timeout=30_000
+    )
+    page.wait_for_function(
+        "(t) => { const v = document.querySelector('#verdict'); return v && !v.innerText.includes('Checking') }",
+        arg=None,
+        timeout=30_000,
+    )
+    assert page.inner_text("#verdict") != verdict_before
+    assert f"{policy['block']:.2f}" in page.inner_text("#verdict")
+
+    other = browser.new_page(viewport={"width": 1280, "height": 900})  # another user's session
+    other.goto(app_url)
+    other.wait_for_selector("#image-input")
+    drop_example(other, example)
+    assert other.inner_text("#verdict") == verdict_before
+    for tab in (before, page, other):
+        tab.close()

@@ -103,7 +103,16 @@ def test_prediction_to_dict_applies_the_threshold(classifier, images):
     high = prediction.to_dict(threshold=1.0)
     assert low["is_nsfw"] is True and low["threshold"] == 0.0
     assert high["is_nsfw"] is (prediction.nsfw_score >= 1.0)
-    assert set(low) == {"label", "scores", "nsfw_score", "is_nsfw", "threshold"}
+    assert set(low) == {
+        "label",
+        "scores",
+        "nsfw_score",
+        "is_nsfw",
+        "threshold",
+        "decision",
+        "review_threshold",
+    }
+    assert low["decision"] == "block" and high["decision"] == ("block" if high["is_nsfw"] else "allow")
 
 
 def test_labels_come_from_id2label_not_fixed_indices(tmp_path, images):

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from nsfw_space import NSFWClassifier
+from nsfw_space.model.policy import Policy
 from nsfw_space.tools.synthetic import PROCESSOR_CONFIG, VIT_TINY
 from tests.test_cli import run_cli
 
@@ -125,6 +126,12 @@ def test_eval_writes_metrics_plots_and_a_summary(trained, toy, tmp_path):
         with Image.open(out / plot) as image:
             assert image.format == "PNG" and image.width > 300
     assert "- 'eval_loss':" in result.stdout and "threshold for precision >= 0.95" in result.stdout
+    policy = Policy.load(out / "policy.json")  # the same file NSFW_SPACE_POLICY loads
+    assert policy.targets == {"block_precision": 0.99, "review_recall": 0.95}
+    assert policy.data["images"] == 16 and policy.data["nsfw"] + policy.data["normal"] == 16
+    assert policy.model == str(trained[0]) and 0 <= policy.review <= policy.block <= 1
+    assert metrics["policy"]["block"] == policy.block and metrics["policy"]["warnings"]  # 16 images: too few
+    assert "policy.json: block at" in result.stdout and "rule of three" in result.stdout
 
 
 def test_eval_refuses_folders_that_are_not_labels(trained, tmp_path):

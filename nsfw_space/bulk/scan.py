@@ -39,6 +39,7 @@ def walk(paths: Iterable[str | Path]) -> Iterator[Path]:
 class ScanSummary:
     files: int = 0
     flagged: int = 0
+    review: int = 0
     errors: int = 0
     skipped: int = 0
 
@@ -49,16 +50,14 @@ class RowWriter:
     def __init__(self, handle: IO[str], fmt: str, labels: list[str], write_header: bool) -> None:
         self.handle = handle
         self.fmt = fmt
-        self.columns = ["path", "label", *labels, "nsfw_score", "is_nsfw", "error"]
+        self.columns = ["path", "label", *labels, "nsfw_score", "is_nsfw", "decision", "segments", "error"]
         self._csv = csv.DictWriter(handle, fieldnames=self.columns) if fmt == "csv" else None
         if self._csv is not None and write_header:
             self._csv.writeheader()
 
     def write(self, row: dict[str, Any]) -> None:
         if self._csv is not None:
-            self._csv.writerow(
-                {key: "" if row.get(key) is None else csv_cell(row.get(key)) for key in self.columns}
-            )
+            self._csv.writerow({key: _cell(row.get(key)) for key in self.columns})
         else:
             self.handle.write(json.dumps({key: row.get(key) for key in self.columns}) + "\n")
         self.handle.flush()
@@ -131,6 +130,7 @@ def scan(
     paths: Iterable[str | Path] | ScanPlan,
     *,
     threshold: float = 0.5,
+    review_threshold: float | None = None,
     batch_size: int = 16,
     output: str | None = None,
     resume: bool = False,
@@ -139,7 +139,10 @@ def scan(
     k: int = 1,
 ) -> ScanSummary:
     """Score every file under ``paths`` (or of a ``plan_scan`` plan) and write a row each;
-    unreadable files get an error row."""
+    unreadable files get an error row. ``decision`` is block at or above ``threshold``, review at
+    or above ``review_threshold`` (default: the threshold, so none), else allow; ``segments`` (for
+    animations and videos) are the time ranges scoring at or above the review threshold."""
+    review = threshold if review_threshold is None else min(review_threshold, threshold)
     plan = paths if isinstance(paths, ScanPlan) else plan_scan(paths, output, resume)
     summary = ScanSummary(skipped=plan.skipped)
     target = (
@@ -154,8 +157,9 @@ def scan(
         bar = _progress(len(plan.files), progress)
         for source, outcome in classifier.iter_predictions(plan.files, batch_size=batch_size, rule=rule, k=k):
             summary.files += 1
-            row = _row(str(source), outcome, classifier.labels, threshold)
+            row = _row(str(source), outcome, classifier.labels, threshold, review)
             summary.flagged += 1 if row["is_nsfw"] else 0
+            summary.review += 1 if row["decision"] == "review" else 0
             summary.errors += 1 if row["error"] else 0
             writer.write(row)
             bar.update(1)
@@ -163,14 +167,26 @@ def scan(
     return summary
 
 
-def _row(path: str, outcome: Prediction | InvalidImageError, labels: list[str], threshold: float) -> dict:
+def _row(
+    path: str, outcome: Prediction | InvalidImageError, labels: list[str], threshold: float, review: float
+) -> dict:
     if isinstance(outcome, InvalidImageError):
         return {"path": path, "label": None, "is_nsfw": None, "nsfw_score": None, "error": str(outcome)}
+    answer = outcome.to_dict(threshold, review)
     row: dict[str, Any] = {"path": path, "label": outcome.label, "error": ""}
     row.update({label: round(outcome.scores[label], 6) for label in labels})
-    row["nsfw_score"] = round(outcome.nsfw_score, 6)
-    row["is_nsfw"] = outcome.is_nsfw(threshold)
+    row.update({key: answer[key] for key in ("nsfw_score", "is_nsfw", "decision")})
+    if "segments" in answer:  # JSON in both formats: one cell of the CSV, a list in JSON Lines
+        row["segments"] = answer["segments"]
     return row
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return csv_cell(json.dumps(value))
+    return csv_cell(value)
 
 
 def _progress(total: int, enabled: bool):

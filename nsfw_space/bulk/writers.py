@@ -37,7 +37,7 @@ def csv_row(values: list[Any]) -> list[Any]:
 
 
 BATCH_COLUMNS_BEFORE_SCORES = ["file", "label"]
-BATCH_COLUMNS_AFTER_SCORES = ["nsfw_score", "is_nsfw", "threshold", "error"]
+BATCH_COLUMNS_AFTER_SCORES = ["nsfw_score", "is_nsfw", "threshold", "decision", "review_threshold", "error"]
 
 
 def write_batch_csv(rows: list[dict[str, Any]], labels: list[str], folder: Path) -> Path:

@@ -22,7 +22,7 @@ from nsfw_space.errors import InvalidImageError
 from nsfw_space.media.budgets import DEFAULT_MAX_PIXELS, GATE, DecodeLimits, PixelBudget
 from nsfw_space.media.convert import array_to_image, frame_to_rgb, shrink, to_rgb
 from nsfw_space.media.reasons import SUPPORTED_FORMATS, damaged_message, not_an_image_reason, short_reason
-from nsfw_space.media.video import looks_like_video, sample_indices, video_frames
+from nsfw_space.media.video import frames_for_every, looks_like_video, sample_indices, video_frames
 
 logger = logging.getLogger(__name__)
 
@@ -83,16 +83,19 @@ def load_frames(
     draft_size: tuple[int, int] | None = None,
     limits: DecodeLimits | None = None,
     budget: PixelBudget | None = None,
+    every: float | None = None,
 ) -> list[Image.Image]:
-    """Return up to ``max_frames`` evenly spaced RGB frames of ``source`` (one for a still image).
+    """Return up to ``max_frames`` evenly spaced RGB frames of ``source`` (one for a still image);
+    with ``every``, about one frame every that many seconds instead (at most
+    ``limits.max_animation_frames``).
 
     ``limits`` (default: ``max_pixels`` and ``max_bytes`` with the default frame cap and time
     budget) bound what one input may cost; ``budget`` is the request's share of decoded pixels.
     """
     limits = limits or DecodeLimits(max_pixels=max_pixels, max_bytes=max_bytes)
     if isinstance(source, Image.Image):
-        if is_animated(source) and max_frames > 1:
-            return _animation_frames(source, max_frames, limits, budget, draft_size)
+        if is_animated(source) and (max_frames > 1 or every):
+            return _animation_frames(source, max_frames, limits, budget, draft_size, every)
         return [frame_to_rgb(source)]
     if isinstance(source, np.ndarray):
         return [array_to_image(source)]
@@ -102,11 +105,13 @@ def load_frames(
     except InvalidImageError:
         if not looks_like_video(data):
             raise
-        frames, times = video_frames(data, max_frames, limits=limits, budget=budget, draft_size=draft_size)
+        frames, times = video_frames(
+            data, max_frames, limits=limits, budget=budget, draft_size=draft_size, every=every
+        )
         return _with_times([to_rgb(frame) for frame in frames], times)
     try:
-        if is_animated(image) and max_frames > 1:
-            return _animation_frames(image, max_frames, limits, budget, draft_size)
+        if is_animated(image) and (max_frames > 1 or every):
+            return _animation_frames(image, max_frames, limits, budget, draft_size, every)
         pixels = image.width * image.height
         if budget is not None:
             budget.spend(pixels)
@@ -251,12 +256,17 @@ def _animation_frames(
     limits: DecodeLimits,
     budget: PixelBudget | None,
     draft_size: tuple[int, int] | None,
+    every: float | None = None,
 ) -> list[Image.Image]:
     """Evenly spaced frames among the first ``limits.max_animation_frames``, each checked at its
-    real (possibly grown) size, decoded under the pixel gate and shrunk at once, with their times."""
+    real (possibly grown) size, decoded under the pixel gate and shrunk at once, with their times.
+    With ``every``, their number follows the animation's length (first frame's delay x frames)."""
     deadline = limits.deadline()
     limits.check_animation_frame(*image.size)
-    count = _frame_count(image, limits, deadline)
+    count, delays = _frame_count(image, limits, deadline)
+    if every:
+        length = sum(delays[: count - 1]) if delays else (count - 1) * _delay(image)
+        max_frames = frames_for_every(length, every, limits.max_animation_frames)
     frames: list[Image.Image] = []
     indices: list[int] = []
     durations: list[float] = []
@@ -281,14 +291,25 @@ def _animation_frames(
         limits.check_time(deadline)
         frames.append(frame)
         indices.append(index)
-        durations.append(float(image.info.get("duration") or 100) / 1000)
+        durations.append(_delay(image))
         previous = index
+    if len(delays) >= count:  # a GIF: each frame starts when the ones before it have been shown
+        starts = [0.0]
+        for delay in delays[: count - 1]:
+            starts.append(starts[-1] + delay)
+        return _with_times(frames, [starts[index] for index in indices])
     step = sum(durations) / len(durations)  # frames may differ in delay; this is their mean
     return _with_times(frames, [index * step for index in indices])
 
 
-def _frame_count(image: Image.Image, limits: DecodeLimits, deadline: float) -> int:
-    """Frames of an animation, counting no further than ``limits.max_animation_frames``.
+def _delay(image: Image.Image) -> float:
+    """The current frame's display time in seconds (100 ms when the file does not say)."""
+    return float(image.info.get("duration") or 100) / 1000
+
+
+def _frame_count(image: Image.Image, limits: DecodeLimits, deadline: float) -> tuple[int, list[float]]:
+    """Frames of an animation, counting no further than ``limits.max_animation_frames``, and for
+    a GIF each counted frame's delay in seconds (empty for other formats).
 
     A GIF has no frame count in its header: Pillow's ``n_frames`` parses every frame (a million
     1x1 frames take seconds) and each frame may grow the canvas. Here the frames are parsed
@@ -296,16 +317,17 @@ def _frame_count(image: Image.Image, limits: DecodeLimits, deadline: float) -> i
     """
     cap = max(1, limits.max_animation_frames)
     if image.format != "GIF" or not hasattr(image, "_seek"):
-        return min(image.n_frames, cap)  # WebP, APNG and TIFF say how many frames they hold
-    count = 1
+        return min(image.n_frames, cap), []  # WebP, APNG and TIFF say how many frames they hold
+    count, delays = 1, [_delay(image)]
     try:
         while count < cap:
             image._seek(count, False)  # what Pillow's own n_frames does, minus the walk to the end
             limits.check_animation_frame(*image.size)
+            delays.append(_delay(image))
             count += 1
             if count % 256 == 0:
                 limits.check_time(deadline)
     except EOFError:
         pass
     image.seek(0)
-    return count
+    return count, delays

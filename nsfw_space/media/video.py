@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 
 import numpy as np
 from PIL import Image
@@ -36,6 +37,12 @@ def sample_indices(frame_count: int, wanted: int) -> list[int]:
     return sorted(set(int(i) for i in picks))
 
 
+def frames_for_every(duration: float, every: float, cap: int) -> int:
+    """How many evenly spaced frames sample a clip whose last frame starts at ``duration`` seconds
+    at least every ``every`` seconds (its first and last frame included), at most ``cap``."""
+    return max(1, min(cap, math.ceil(duration / every - 1e-9) + 1))
+
+
 def video_frames(
     data: bytes,
     wanted: int,
@@ -43,8 +50,10 @@ def video_frames(
     limits: DecodeLimits | None = None,
     budget: PixelBudget | None = None,
     draft_size: tuple[int, int] | None = None,
+    every: float | None = None,
 ) -> tuple[list[Image.Image], list[float]]:
-    """Up to ``wanted`` evenly spaced frames of a video, with their times in seconds.
+    """Up to ``wanted`` evenly spaced frames of a video, with their times in seconds (with
+    ``every``: about one frame every that many seconds, at most ``limits.max_animation_frames``).
 
     Every decoded frame is checked at its own size (a stream may change size mid-way), kept
     frames are scaled down to ``draft_size`` by FFmpeg as they are converted, and decoding stops
@@ -65,15 +74,19 @@ def video_frames(
             stream = container.streams.video[0]
             width, height = stream.codec_context.width or 0, stream.codec_context.height or 0
             limits.check_frame(width, height, what="The video")
-            count = 0
+            count, last_time = 0, 0.0
             for packet in container.demux(stream):
                 count += 1 if packet.size else 0
+                if packet.size and packet.pts is not None and packet.time_base is not None:
+                    last_time = max(last_time, float(packet.pts * packet.time_base))
                 if count > MAX_VIDEO_FRAMES:
                     raise InvalidImageError(
                         f"The video has more than {MAX_VIDEO_FRAMES} frames. Use a shorter clip."
                     )
             if count == 0:
                 raise InvalidImageError("The video has no frames.")
+            if every:
+                wanted = frames_for_every(last_time, every, limits.max_animation_frames)
             keep = set(sample_indices(count, wanted))
             container.seek(0, stream=stream)
             frames: list[Image.Image] = []

@@ -58,6 +58,7 @@ class NSFWClassifier:
         self.name = name or getattr(model.config, "_name_or_path", "") or "model"
         self.limits = limits or DecodeLimits(max_pixels=max_pixels, max_bytes=max_bytes)
         self.frames = frames
+        self.every: float | None = None  # sample animations about every this many seconds instead
         id2label = model.config.id2label
         self.labels: list[str] = [str(id2label[i]) for i in range(len(id2label))]
         self.nsfw_indices = find_nsfw_indices(self.labels, nsfw_labels, self.name)
@@ -159,14 +160,18 @@ class NSFWClassifier:
         max_bytes: int | None = None,
         frames: int | None = None,
         limits: DecodeLimits | None = None,
+        every: float | None = None,
     ) -> NSFWClassifier:
-        """A view of this classifier with other input limits: the same model, lock and forward
-        plan (a plan built through any view serves them all), no copy of the weights."""
+        """A view of this classifier with other input limits (``every``: sample animations and
+        videos about every that many seconds instead of ``frames`` evenly spaced ones): the same
+        model, lock and forward plan (a plan built through any view serves them all), no copy of
+        the weights."""
         view = copy.copy(self)
         base = limits or self.limits
         changes = {"max_pixels": max_pixels, "max_bytes": max_bytes}
         view.limits = replace(base, **{key: value for key, value in changes.items() if value is not None})
         view.frames = self.frames if frames is None else frames
+        view.every = self.every if every is None else every
         return view
 
     def optimize(self, mode: str = "auto", batch_size: int = 16) -> str:
@@ -290,6 +295,7 @@ class NSFWClassifier:
             limits=self.limits,
             budget=budget,
             draft_size=(2 * self._input_size[1], 2 * self._input_size[0]),
+            every=self.every,
         )
 
     def preprocess(self, image: Image.Image) -> np.ndarray:

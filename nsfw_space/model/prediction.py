@@ -31,18 +31,34 @@ class Prediction:
         """Whether the NSFW score reaches ``threshold``."""
         return self.nsfw_score >= threshold
 
-    def to_dict(self, threshold: float = 0.5) -> dict[str, Any]:
-        """JSON-ready form: label, scores, nsfw_score, is_nsfw, threshold (and frame_scores)."""
+    def decision(self, threshold: float = 0.5, review_threshold: float | None = None) -> str:
+        """``block`` at or above ``threshold``, ``review`` at or above ``review_threshold`` (default:
+        the threshold, so nothing is sent to review), else ``allow``."""
+        from nsfw_space.model.policy import Policy
+
+        review = threshold if review_threshold is None else min(review_threshold, threshold)
+        return Policy(block=threshold, review=review).decide(self.nsfw_score)
+
+    def to_dict(self, threshold: float = 0.5, review_threshold: float | None = None) -> dict[str, Any]:
+        """JSON-ready form: label, scores, nsfw_score, is_nsfw, threshold, decision,
+        review_threshold (and frame_scores, frame_times and segments for animations and videos)."""
+        review = threshold if review_threshold is None else min(review_threshold, threshold)
         result: dict[str, Any] = {
             "label": self.label,
             "scores": {name: round(value, 6) for name, value in self.scores.items()},
             "nsfw_score": round(self.nsfw_score, 6),
             "is_nsfw": self.is_nsfw(threshold),
             "threshold": threshold,
+            "decision": self.decision(threshold, review),
+            "review_threshold": review,
         }
         if self.frame_scores is not None:
+            from nsfw_space.model.rules import flagged_segments
+
+            times = self.frame_times or tuple(0.0 for _ in self.frame_scores)
             result["frame_scores"] = [round(value, 6) for value in self.frame_scores]
-            result["frame_times"] = [round(value, 3) for value in self.frame_times or ()]
+            result["frame_times"] = [round(value, 3) for value in times]
+            result["segments"] = [s.to_dict() for s in flagged_segments(self.frame_scores, times, review)]
         return result
 
 

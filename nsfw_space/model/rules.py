@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -48,3 +49,45 @@ def summarise(frame_scores: list[float] | tuple[float, ...], rule: str = "max", 
         index = int(order[applied - 1])
         return Summary(float(scores[index]), index, rule, applied)
     raise ConfigError(f"Unknown frame rule {rule!r}; use {', '.join(RULES)}.")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A time range of an animation or video whose frames score at or above a threshold."""
+
+    start: float
+    end: float
+    peak: float  # the highest frame score inside
+
+    def to_dict(self) -> dict[str, float]:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "peak": round(self.peak, 6)}
+
+
+def flagged_segments(
+    frame_scores: list[float] | tuple[float, ...],
+    frame_times: list[float] | tuple[float, ...],
+    threshold: float,
+) -> list[Segment]:
+    """The time ranges where sampled frames score at or above ``threshold``.
+
+    Each flagged frame stands for the time until the next sampled frame (the sampling step), so a
+    range runs from its first flagged frame to the next sample after its last one (the clip's
+    last frame ends at its own time plus one step). Flagged frames closer than one sampling step
+    apart (neighbours) merge into one range; an unflagged sample between them splits it.
+    """
+    scores, times = list(frame_scores), list(frame_times)
+    if len(scores) != len(times):
+        raise ConfigError("Each frame score needs its time.")
+    steps = [later - earlier for earlier, later in pairwise(times)]
+    step = float(np.median(steps)) if steps else 0.0
+    segments: list[Segment] = []
+    for index, (score, time) in enumerate(zip(scores, times, strict=True)):
+        if score < threshold:
+            continue
+        end = times[index + 1] if index + 1 < len(times) else time + step
+        last = segments[-1] if segments else None
+        if last is not None and index > 0 and scores[index - 1] >= threshold:
+            segments[-1] = Segment(last.start, end, max(last.peak, score))
+        else:
+            segments.append(Segment(time, end, score))
+    return segments

@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 from nsfw_space.config import Settings
 from nsfw_space.media.budgets import start_memory_trimmer
 from nsfw_space.model.classifier import NSFWClassifier
+from nsfw_space.model.policy import Policy
 from nsfw_space.space import layout
 from nsfw_space.space.bodylimit import BodyLimit, body_limit_for
 from nsfw_space.space.payloads import plain_file_schema
@@ -28,16 +29,22 @@ EXAMPLES_DIR = ASSETS_DIR / "examples"  # inside the package, so a wheel has the
 HIDDEN = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
 
-def create_demo(classifier: NSFWClassifier, settings: Settings | None = None) -> gr.Blocks:
-    """The whole page: single image, batch and GIF/video views, examples, and the named API."""
+def create_demo(
+    classifier: NSFWClassifier, settings: Settings | None = None, policy: Policy | None = None
+) -> gr.Blocks:
+    """The whole page: single image, batch and GIF/video views, examples, and the named API.
+    ``policy`` (default: the settings' policy file, else their single threshold) decides block,
+    review or allow."""
     settings = settings or Settings()
+    policy = policy or (Policy.load(settings.policy) if settings.policy else None)
     classifier = classifier.with_limits(limits=settings.decode_limits, frames=settings.frames)
     if settings.mcp:
         from nsfw_space.space import mcp_compat
 
         mcp_compat.install()
     start_memory_trimmer()
-    views = PageViews(classifier, settings)
+    views = PageViews(classifier, settings, policy)
+    settings = views.settings  # the page starts at the policy's block threshold
     examples = example_paths()
 
     with gr.Blocks(title="NSFW image moderation", delete_cache=cache_schedule(settings)) as demo:
@@ -47,6 +54,7 @@ def create_demo(classifier: NSFWClassifier, settings: Settings | None = None) ->
             image = layout.image_tab(settings, len(classifier.labels))
             batch = layout.batch_tab(settings)
             video = layout.video_tab(settings)
+            calibrate = layout.calibrate_tab(settings)
         if examples:
             gr.Examples(
                 examples=[[str(path)] for path in examples],
@@ -54,7 +62,7 @@ def create_demo(classifier: NSFWClassifier, settings: Settings | None = None) ->
                 label="Examples (safe for work)",
             )
         gr.Markdown(footer_markdown(classifier))
-        page = layout.Page(threshold, image, batch, video)
+        page = layout.Page(threshold, image, batch, video, calibrate, gr.State(None))
         _wire_api(views, page)
         _wire_page(views, page)
     for component in (batch.files, video.media):
@@ -69,7 +77,8 @@ build_demo = create_demo  # the name earlier releases used
 def demo_from_settings(settings: Settings) -> gr.Blocks:
     """The Space as app.py and ``nsfw-space serve`` run it: the model the settings name, loaded
     once, and the page around it. Raises ModelLoadError or ConfigError."""
-    return create_demo(NSFWClassifier.from_settings(settings), settings)
+    policy = Policy.load(settings.policy) if settings.policy else None  # a bad file fails first
+    return create_demo(NSFWClassifier.from_settings(settings), settings, policy)
 
 
 def _wire_api(views: PageViews, page: layout.Page) -> None:
@@ -94,6 +103,7 @@ def _wire_api(views: PageViews, page: layout.Page) -> None:
 def _wire_page(views: PageViews, page: layout.Page) -> None:
     """The page's own events: bars as soon as an image arrives, the verdict, URL box, batch, video."""
     threshold, image, batch, video = page.threshold, page.image, page.batch, page.video
+    session = page.session_policy
     classified = image.image.change(
         lambda value, limit: (verdict_html("pending" if value else None, limit), None),
         inputs=[image.image, threshold],
@@ -109,7 +119,7 @@ def _wire_page(views: PageViews, page: layout.Page) -> None:
         concurrency_id="model",
         show_progress="minimal",
     )
-    verdict_inputs = {"inputs": [image.label, threshold], "outputs": [image.verdict, image.details]}
+    verdict_inputs = {"inputs": [image.label, threshold, session], "outputs": [image.verdict, image.details]}
     classified.success(views.verdict_from_label, **verdict_inputs, **HIDDEN)
     threshold.change(views.verdict_from_label, **verdict_inputs, **HIDDEN)
     classified.failure(
@@ -118,14 +128,14 @@ def _wire_page(views: PageViews, page: layout.Page) -> None:
     gr.on(
         [image.url_button.click, image.url.submit],
         views.url_view,
-        inputs=[image.url, threshold],
+        inputs=[image.url, threshold, session],
         outputs=[image.label, image.verdict, image.details],
         api_visibility="private",
         concurrency_id="model",
     )
     video.button.click(
         views.frames_view,
-        inputs=[video.media, threshold, video.rule, video.k, video.frames],
+        inputs=[video.media, threshold, video.rule, video.k, video.frames, session],
         outputs=[video.verdict, video.plot, video.results],
         api_visibility="private",
         preprocess=False,
@@ -133,11 +143,39 @@ def _wire_page(views: PageViews, page: layout.Page) -> None:
     )
     batch.button.click(
         views.batch_view,
-        inputs=[batch.files, threshold, batch.urls],
+        inputs=[batch.files, threshold, batch.urls, session],
         outputs=[batch.table, batch.csv, batch.gallery],
         api_visibility="private",
         preprocess=False,
         concurrency_id="model",
+    )
+    _wire_calibrate(views, page)
+
+
+def _wire_calibrate(views: PageViews, page: layout.Page) -> None:
+    """The Calibrate tab: score the labelled uploads, redraw when a target moves, and apply the
+    policy to this browser session's page only (a gr.State, never the Space's settings)."""
+    tab = page.calibrate
+    redraw = {
+        "fn": views.calibration_view,
+        "inputs": [tab.scores, tab.block_precision, tab.review_recall],
+        "outputs": [tab.roc, tab.by_threshold, tab.histogram, tab.summary, tab.policy_file, tab.candidate],
+        "api_visibility": "private",
+    }
+    tab.button.click(
+        views.calibration_scores,
+        inputs=[tab.normal, tab.nsfw, tab.archive],
+        outputs=[tab.scores, tab.status],
+        api_visibility="private",
+        preprocess=False,
+        concurrency_id="model",
+    ).success(**redraw)
+    gr.on([tab.block_precision.change, tab.review_recall.change], **redraw)
+    tab.use.click(
+        views.use_policy,
+        inputs=tab.candidate,
+        outputs=[page.session_policy, page.threshold, tab.status],
+        api_visibility="private",
     )
 
 

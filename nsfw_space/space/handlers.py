@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
@@ -19,6 +20,7 @@ from nsfw_space.media.budgets import PixelBudget
 from nsfw_space.media.fetch import fetch_image_bytes
 from nsfw_space.model.classifier import NSFWClassifier
 from nsfw_space.model.device import gpu_task, on_zero_gpu
+from nsfw_space.model.policy import Policy
 from nsfw_space.model.prediction import Prediction
 from nsfw_space.model.rules import RULES
 from nsfw_space.space.arguments import (
@@ -37,9 +39,10 @@ logger = logging.getLogger(__name__)
 class Handlers:
     """The event handlers; each is a pure function of its inputs and the (read-only) classifier."""
 
-    def __init__(self, classifier: NSFWClassifier, settings: Settings) -> None:
+    def __init__(self, classifier: NSFWClassifier, settings: Settings, policy: Policy | None = None) -> None:
         self.classifier = classifier
-        self.settings = settings
+        self.policy = policy or Policy.single(settings.threshold)
+        self.settings = replace(settings, threshold=self.policy.block)
         if on_zero_gpu():  # the GPU exists only inside the request's own spaces.GPU call
             self._predict = gpu_task(classifier.predict)
             self._score_all = gpu_task(self._score_sources)
@@ -69,9 +72,10 @@ class Handlers:
             threshold: flag the image when its nsfw score is at least this (0 to 1; default 0.5).
             url: an http(s) URL of an image, used when no image is uploaded.
         Returns:
-            label, scores (every label's probability), nsfw_score, is_nsfw and threshold.
+            label, scores (every label's probability), nsfw_score, is_nsfw, threshold, decision
+            (allow, review or block) and review_threshold.
         """
-        limit = threshold_value(threshold, self.settings.threshold)
+        limit = self.applied(threshold)
         url = optional_text(url, "url")
         if image is not None:
             source = self._source(image)
@@ -79,7 +83,7 @@ class Handlers:
             source = self._fetch(url)
         else:
             raise gr.Error("No image was given. Upload an image or give its URL.", print_exception=False)
-        return self._run(source).to_dict(limit)
+        return self._run(source).to_dict(limit.block, limit.review)
 
     def moderate_batch(
         self, files: Any = None, threshold: float | None = None, urls: str | None = None, progress: Any = None
@@ -91,19 +95,20 @@ class Handlers:
             threshold: flag a file when its nsfw score is at least this (0 to 1; default 0.5).
             urls: image URLs, one per line.
         Returns:
-            one entry per file, in order: file, label, scores, nsfw_score, is_nsfw, threshold, error.
+            one entry per file, in order: file, label, scores, nsfw_score, is_nsfw, threshold, decision,
+            review_threshold, error.
         """
-        limit = threshold_value(threshold, self.settings.threshold)
+        limit = self.applied(threshold)
         return self._moderate_named(self._batch_sources(files, urls), limit, progress)
 
     def _moderate_named(
-        self, named: list[tuple[str, str | bytes | InvalidImageError]], limit: float, progress: Any
+        self, named: list[tuple[str, str | bytes | InvalidImageError]], limit: Policy, progress: Any
     ) -> list[dict[str, Any]]:
         outcomes = self._score_all([source for _, source in named], progress)
         rows = []
         for (name, _), outcome in zip(named, outcomes, strict=True):
             if isinstance(outcome, Prediction):
-                rows.append({"file": name, **outcome.to_dict(limit), "error": ""})
+                rows.append({"file": name, **outcome.to_dict(limit.block, limit.review), "error": ""})
             else:
                 rows.append(
                     {
@@ -112,7 +117,9 @@ class Handlers:
                         "scores": None,
                         "nsfw_score": None,
                         "is_nsfw": None,
-                        "threshold": limit,
+                        "threshold": limit.block,
+                        "decision": None,
+                        "review_threshold": limit.review,
                         "error": str(outcome),
                     }
                 )
@@ -135,11 +142,15 @@ class Handlers:
             k: for k-of-n, how many frames must reach the threshold (at most the frames there are).
             frames: how many frames to sample (1 to 64).
         Returns:
-            label, scores, nsfw_score, is_nsfw, threshold, rule, k (as applied), frame_scores and frame_times.
+            label, scores, nsfw_score, is_nsfw, threshold, decision, review_threshold, rule, k (as
+            applied), frame_scores, frame_times and segments (time ranges, in seconds, whose frames
+            score at or above the review threshold, with their peak score).
         """
+        return self._frames(media, self.applied(threshold), rule, k, frames)
+
+    def _frames(self, media: Any, limit: Policy, rule: str, k: Any, frames: Any) -> dict[str, Any]:
         if media is None:
             raise gr.Error("No file was given. Upload a GIF or a video.", print_exception=False)
-        limit = threshold_value(threshold, self.settings.threshold)
         if not isinstance(rule, str) or rule not in RULES:
             raise gr.Error(f"The rule must be one of {', '.join(RULES)}.", print_exception=False)
         count = whole_number(frames, "frames", 1, MAX_SAMPLED_FRAMES, default=self.settings.frames)
@@ -150,13 +161,23 @@ class Handlers:
         budget = PixelBudget(self.settings.max_request_pixels)
         with shown_as_error(FILE_REFUSED):
             prediction = predict(source, rule=rule, k=at_least, budget=budget)
-        result = prediction.to_dict(limit)
+        result = prediction.to_dict(limit.block, limit.review)
         result.setdefault("frame_scores", [round(prediction.nsfw_score, 6)])
         result.setdefault("frame_times", [0.0])
+        if "segments" not in result:  # a still image: one frame, at time 0
+            flagged = prediction.nsfw_score >= limit.review
+            peak = round(prediction.nsfw_score, 6)
+            result["segments"] = [{"start": 0.0, "end": 0.0, "peak": peak}] if flagged else []
         result.update(rule=rule, k=min(at_least, len(result["frame_scores"])))
         return result
 
     # --- helpers ---------------------------------------------------------------------------------
+    def applied(self, threshold: Any, session_policy: dict[str, Any] | None = None) -> Policy:
+        """The policy for one request: the page session's own (chosen in the Calibrate tab), else
+        the Space's; the caller's threshold (checked) as its block threshold."""
+        base = Policy.from_dict(session_policy) if session_policy else self.policy
+        return base.at(threshold_value(threshold, base.block))
+
     def _run(self, source: str | bytes) -> Prediction:
         with shown_as_error(FILE_REFUSED):
             return self._predict(source, budget=PixelBudget(self.settings.max_request_pixels))

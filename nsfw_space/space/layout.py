@@ -53,13 +53,35 @@ class VideoTab:
 
 
 @dataclass
+class CalibrateTab:
+    normal: gr.File
+    nsfw: gr.File
+    archive: gr.File
+    button: gr.Button
+    block_precision: gr.Slider
+    review_recall: gr.Slider
+    summary: gr.Markdown
+    roc: gr.LinePlot
+    by_threshold: gr.LinePlot
+    histogram: gr.BarPlot
+    policy_file: gr.File
+    use: gr.Button
+    status: gr.Markdown
+    scores: gr.State  # this session's labelled scores
+    candidate: gr.State  # the policy the targets give on them
+
+
+@dataclass
 class Page:
-    """Everything the events are wired to: the shared threshold and the three tabs."""
+    """Everything the events are wired to: the shared threshold, the tabs, and the policy this
+    session chose in the Calibrate tab (None: the Space's own)."""
 
     threshold: gr.Slider
     image: ImageTab
     batch: BatchTab
     video: VideoTab
+    calibrate: CalibrateTab
+    session_policy: gr.State
 
 
 def threshold_controls(settings: Settings) -> gr.Slider:
@@ -164,3 +186,78 @@ def video_tab(settings: Settings) -> VideoTab:
             )
             results = gr.JSON(label="Result", elem_id="media-json")
     return VideoTab(media, rule, k, frames, button, verdict, plot, results)
+
+
+def calibrate_tab(settings: Settings) -> CalibrateTab:
+    with gr.Tab("Calibrate", id="calibrate-tab"):
+        gr.Markdown(
+            "Choose the thresholds on **your own labelled images**: drop them in the two boxes (or a "
+            "zip with a `normal/` and an `nsfw/` folder), pick the targets, and download the policy. "
+            "**Block** acts without a person; **review** sends the middle to one. A policy made on "
+            "images unlike yours is not a policy. The images are deleted like every upload."
+        )
+        with gr.Row(equal_height=False):
+            normal = gr.File(file_count="multiple", label="normal images", elem_id="calibrate-normal")
+            nsfw = gr.File(file_count="multiple", label="nsfw images", elem_id="calibrate-nsfw")
+            archive = gr.File(
+                file_types=[".zip"], label="…or one zip, a folder per label", elem_id="calibrate-zip"
+            )
+        button = gr.Button("Score them", variant="primary", elem_id="calibrate-button")
+        with gr.Row():
+            block_precision = gr.Slider(
+                0.5,
+                0.999,
+                value=0.99,
+                step=0.001,
+                label="Block at precision at least",
+                elem_id="block-precision",
+            )
+            review_recall = gr.Slider(
+                0.5,
+                0.999,
+                value=0.95,
+                step=0.001,
+                label="Review from recall at least",
+                elem_id="review-recall",
+            )
+        summary = gr.Markdown(elem_id="calibrate-summary")
+        with gr.Row(equal_height=False):
+            roc = gr.LinePlot(
+                x="false positive rate", y="true positive rate", title="ROC", elem_id="calibrate-roc"
+            )
+            by_threshold = gr.LinePlot(
+                x="threshold",
+                y="value",
+                color="measure",
+                title="precision and recall by threshold",
+                elem_id="calibrate-pr",
+            )
+            histogram = gr.BarPlot(
+                x="score",
+                y="images",
+                color="label",
+                title="scores of each label",
+                elem_id="calibrate-histogram",
+            )
+        with gr.Row():
+            policy_file = gr.File(label="policy.json", elem_id="calibrate-policy")
+            use = gr.Button("Use this policy on this page (this session only)", elem_id="calibrate-use")
+        status = gr.Markdown(elem_id="calibrate-status")
+        scores, candidate = gr.State(None), gr.State(None)
+    return CalibrateTab(
+        normal,
+        nsfw,
+        archive,
+        button,
+        block_precision,
+        review_recall,
+        summary,
+        roc,
+        by_threshold,
+        histogram,
+        policy_file,
+        use,
+        status,
+        scores,
+        candidate,
+    )

@@ -16,7 +16,7 @@ from nsfw_space.model.prediction import Prediction
 def verdict_word(row: dict[str, Any]) -> str:
     if row.get("error"):
         return f"error: {row['error']}"
-    return "NSFW" if row["is_nsfw"] else "safe"
+    return {"block": "NSFW: block", "review": "review"}.get(row.get("decision") or "", "safe")
 
 
 def thumbnail(source: str | bytes, size: int = 256, blur: bool = False) -> Image.Image:
@@ -37,8 +37,15 @@ def label_scores(label: Any) -> dict[str, float]:
     return {str(name): float(value) for name, value in label.items() if isinstance(value, (int, float))}
 
 
-def verdict_html(prediction: Prediction | str | None, threshold: float, rule: str = "", k: int = 1) -> str:
-    """The plain verdict line under the image."""
+def verdict_html(
+    prediction: Prediction | str | None,
+    threshold: float,
+    rule: str = "",
+    k: int = 1,
+    review: float | None = None,
+) -> str:
+    """The plain verdict line under the image: block, review (when the policy has a review band)
+    or allow, each in its own style."""
     if prediction is None:
         return '<div class="verdict verdict-empty">Drop, paste or capture an image to check it.</div>'
     if prediction == "pending":
@@ -54,6 +61,12 @@ def verdict_html(prediction: Prediction | str | None, threshold: float, rule: st
         return (
             f'<div class="verdict verdict-nsfw"><strong>Flagged as NSFW</strong>: nsfw score{how} {score:.2f} '
             f"is at or above the threshold {threshold:.2f}. The preview stays blurred.</div>"
+        )
+    if review is not None and review < threshold and score >= review:
+        return (
+            f'<div class="verdict verdict-review"><strong>Send to a person for review</strong>: nsfw score{how} '
+            f"{score:.2f} is between the review threshold {review:.2f} and the block threshold "
+            f"{threshold:.2f}. The preview stays blurred.</div>"
         )
     return (
         f'<div class="verdict verdict-normal"><strong>Looks safe</strong>: nsfw score{how} {score:.2f} '

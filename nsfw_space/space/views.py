@@ -3,49 +3,63 @@ box, the batch table with its CSV and thumbnails, and the GIF/video plot."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 from PIL import Image
 
 from nsfw_space.bulk.writers import write_batch_csv
+from nsfw_space.model.policy import Policy, calibrate
 from nsfw_space.model.prediction import Prediction
 from nsfw_space.space.arguments import optional_text, threshold_value
-from nsfw_space.space.handlers import Handlers
+from nsfw_space.space.calibration import Labelled, as_frames, curves, histogram, summary_markdown, zip_members
+from nsfw_space.space.handlers import Handlers, shown_as_error
+from nsfw_space.space.payloads import display_name
 from nsfw_space.space.render import label_scores, thumbnail, verdict_html, verdict_word
 
 
 class PageViews(Handlers):
     """The API handlers plus the page-only views built on them."""
 
-    def verdict_from_label(self, label: Any, threshold: float | None) -> tuple[str, Any]:
+    def verdict_from_label(
+        self, label: Any, threshold: float | None, session_policy: dict[str, Any] | None = None
+    ) -> tuple[str, Any]:
         """Recompute the verdict from the bars already shown (no model call)."""
-        limit = threshold_value(threshold, self.settings.threshold)
+        limit = self.applied(threshold, session_policy)
         scores = label_scores(label)
         if not scores:
-            return verdict_html(None, limit), None
+            return verdict_html(None, limit.block), None
         prediction = self.classifier.prediction_from_scores(scores)
-        return verdict_html(prediction, limit), prediction.to_dict(limit)
+        return verdict_html(prediction, limit.block, review=limit.review), prediction.to_dict(
+            limit.block, limit.review
+        )
 
-    def url_view(self, url: str, threshold: float | None) -> tuple[dict[str, float], str, dict[str, Any]]:
+    def url_view(
+        self, url: str, threshold: float | None, session_policy: dict[str, Any] | None = None
+    ) -> tuple[dict[str, float], str, dict[str, Any]]:
         """The image tab's URL box: bars, verdict and JSON for the image at ``url``."""
-        limit = threshold_value(threshold, self.settings.threshold)
+        limit = self.applied(threshold, session_policy)
         url = optional_text(url, "url")
         if not url:
             raise gr.Error("Type or paste an image URL first.", print_exception=False)
         prediction = self._run(self._fetch(url))
-        return prediction.scores, verdict_html(prediction, limit), prediction.to_dict(limit)
+        verdict = verdict_html(prediction, limit.block, review=limit.review)
+        return prediction.scores, verdict, prediction.to_dict(limit.block, limit.review)
 
     def batch_view(
         self,
         files: Any,
         threshold: float | None,
         urls: str | None,
+        session_policy: dict[str, Any] | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's idiom for a progress bar
     ) -> tuple[list[list[Any]], str, list[tuple[Image.Image, str]]]:
         """The batch tab: a results table, the table as CSV, and thumbnails (flagged ones blurred)."""
-        limit = threshold_value(threshold, self.settings.threshold)
+        limit = self.applied(threshold, session_policy)
         named = self._batch_sources(files, urls)  # fetched once: rows and thumbnails share it
         rows = self._moderate_named(named, limit, progress)
         table = [
@@ -63,18 +77,24 @@ class PageViews(Handlers):
             if row["error"]:
                 continue
             gallery.append(
-                (thumbnail(source, blur=bool(row["is_nsfw"])), f"{row['file']}: {verdict_word(row)}")
+                (thumbnail(source, blur=row["decision"] != "allow"), f"{row['file']}: {verdict_word(row)}")
             )
         return table, csv_path, gallery
 
     def frames_view(
-        self, media: Any, threshold: float | None, rule: str, k: float, frames: float
+        self,
+        media: Any,
+        threshold: float | None,
+        rule: str,
+        k: float,
+        frames: float,
+        session_policy: dict[str, Any] | None = None,
     ) -> tuple[str, Any, dict[str, Any]]:
         """The GIF/video tab: verdict, the nsfw score over time (with the threshold), and the JSON."""
         import pandas as pd
 
-        result = self.moderate_frames(media, threshold, rule, k, frames)
-        limit = result["threshold"]
+        result = self._frames(media, self.applied(threshold, session_policy), rule, k, frames)
+        limit, review = result["threshold"], result["review_threshold"]
         times, scores = result["frame_times"], result["frame_scores"]
         plot = pd.DataFrame(
             {
@@ -84,7 +104,100 @@ class PageViews(Handlers):
             }
         )
         prediction = Prediction(scores=result["scores"], nsfw_score=result["nsfw_score"])
-        return verdict_html(prediction, limit, rule=rule, k=result["k"]), plot, result
+        verdict = verdict_html(prediction, limit, rule=rule, k=result["k"], review=review)
+        return verdict, plot, result
+
+    # --- the Calibrate tab ---------------------------------------------------------------------
+    def calibration_scores(
+        self,
+        normal: Any,
+        nsfw: Any,
+        archive: Any,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's idiom for a progress bar
+    ) -> tuple[dict[str, Any], str]:
+        """Score the labelled uploads; returns this session's scores and a status line."""
+        labelled = [
+            Labelled(display_name(item), self._opened(self._source_or_error, item), is_nsfw)
+            for files, is_nsfw in ((normal, False), (nsfw, True))
+            for item in (files if isinstance(files, (list, tuple)) else [])
+        ]
+        limit = self.settings.max_calibration_files
+        if archive is not None:
+            with shown_as_error("This zip can't be used"):
+                nsfw_names = {self.classifier.labels[i].lower() for i in self.classifier.nsfw_indices}
+                normal_names = {label.lower() for label in self.classifier.labels} - nsfw_names
+                labelled += zip_members(
+                    self._source_or_error(archive),
+                    nsfw_names,
+                    normal_names,
+                    max_files=limit,
+                    max_bytes=self.settings.max_file_bytes,
+                )
+        if len(labelled) > limit:
+            raise gr.Error(
+                f"{len(labelled)} images were given; at most {limit} are scored at once.",
+                print_exception=False,
+            )
+        kinds = {item.is_nsfw for item in labelled}
+        if kinds != {True, False}:
+            raise gr.Error(
+                "Calibration needs labelled images of both kinds: add normal and nsfw images "
+                "(or a zip with a normal/ and an nsfw/ folder).",
+                print_exception=False,
+            )
+        outcomes = self._score_all([item.source for item in labelled], progress)
+        scored = [
+            (outcome.nsfw_score, item.is_nsfw)
+            for item, outcome in zip(labelled, outcomes, strict=True)
+            if isinstance(outcome, Prediction)
+        ]
+        unreadable = len(labelled) - len(scored)
+        if {is_nsfw for _, is_nsfw in scored} != {True, False}:
+            raise gr.Error("Too few of the images could be read to have both kinds.", print_exception=False)
+        state = {
+            "scores": [s for s, _ in scored],
+            "is_nsfw": [n for _, n in scored],
+            "unreadable": unreadable,
+        }
+        return state, f"{len(scored)} images scored" + (f", {unreadable} unreadable" if unreadable else "")
+
+    def calibration_view(
+        self, state: dict[str, Any] | None, block_precision: float, review_recall: float
+    ) -> tuple[Any, Any, Any, str, str | None, dict[str, Any] | None]:
+        """Curves, histogram, the chosen thresholds with their counts and warnings, and the policy
+        file for this session's scores at the chosen targets."""
+        if not state:
+            empty = as_frames({})
+            return empty, empty, empty, "", None, None
+        targets = [
+            threshold_value(value, default)
+            for value, default in ((block_precision, 0.99), (review_recall, 0.95))
+        ]
+        if not all(0 < value < 1 for value in targets):
+            raise gr.Error("The targets must be between 0 and 1.", print_exception=False)
+        scores, truth = np.asarray(state["scores"]), np.asarray(state["is_nsfw"], dtype=bool)
+        result = calibrate(
+            scores, truth, block_precision=targets[0], review_recall=targets[1], model=self.classifier.name
+        )
+        roc, by_threshold = curves(scores, truth)
+        folder = csv_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = result.policy.save(folder / f"policy-{uuid.uuid4().hex[:12]}.json")
+        summary = summary_markdown(result, len(scores), state.get("unreadable", 0))
+        frames = as_frames(roc), as_frames(by_threshold), as_frames(histogram(scores, truth))
+        return *frames, summary, str(path), json.loads(result.policy.to_json())
+
+    def use_policy(self, candidate: dict[str, Any] | None) -> tuple[dict[str, Any] | None, Any, str]:
+        """Apply the calibrated policy to this browser session's page: its state, the threshold
+        slider at the block threshold, and a line saying so."""
+        if not candidate:
+            raise gr.Error("Score labelled images first; then a policy can be used.", print_exception=False)
+        policy = Policy.from_dict(candidate)
+        note = (
+            f"This page now blocks at {policy.block:.4f} and sends scores from {policy.review:.4f} to "
+            "review, for this browser session only; other users keep the Space's own policy."
+        )
+        return candidate, gr.update(value=round(policy.block, 4)), note
 
 
 def csv_folder() -> Path:

@@ -22,6 +22,7 @@ import numpy as np
 
 from nsfw_space.errors import ConfigError, InvalidImageError
 from nsfw_space.model.classifier import NSFWClassifier
+from nsfw_space.model.policy import calibrate
 from nsfw_space.model.prediction import Prediction
 from nsfw_space.training.datasets import load_eval_set
 
@@ -37,8 +38,13 @@ def evaluate(
     threshold: float = 0.5,
     batch_size: int = 16,
     progress: bool = True,
+    block_precision: float = 0.99,
+    review_recall: float = 0.95,
+    revision: str | None = None,
 ) -> dict[str, Any]:
-    """Score every labelled image under ``data_dir`` and write metrics and plots to ``output_dir``."""
+    """Score every labelled image under ``data_dir`` and write metrics, plots and ``policy.json``
+    (block at ``block_precision``, review from ``review_recall``; see
+    :func:`nsfw_space.model.policy.calibrate`) to ``output_dir``."""
     require_plotting()  # before anything is scored
     files = load_eval_set(data_dir)
     by_name = {label.lower(): index for index, label in enumerate(classifier.labels)}
@@ -78,9 +84,28 @@ def evaluate(
     for item in skipped:
         logger.warning("skipped unreadable file %s", item)
 
+    calibration = calibrate(
+        scores,
+        positive,
+        block_precision=block_precision,
+        review_recall=review_recall,
+        model=classifier.name,
+        revision=revision,
+    )
+    metrics["policy"] = {
+        "block": calibration.policy.block,
+        "review": calibration.policy.review,
+        "at_block": calibration.block_counts,
+        "at_review": calibration.review_counts,
+        "warnings": list(calibration.warnings),
+    }
+    for warning in calibration.warnings:
+        logger.warning("policy: %s", warning)
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    calibration.policy.save(output_dir / "policy.json")
     write_plots(output_dir, positive, scores, truth, classifier.labels)
     return metrics
 
@@ -256,4 +281,10 @@ def summary_text(metrics: dict[str, Any]) -> str:
         ),
         f"{metrics['images']} images scored, {metrics['skipped_unreadable']} unreadable skipped",
     ]
+    policy = metrics.get("policy")
+    if policy:
+        lines.append(
+            f"policy.json: block at {policy['block']:.4f}, review from {policy['review']:.4f}"
+            + "".join(f"\nwarning: {text}" for text in policy["warnings"])
+        )
     return "\n".join(lines)
