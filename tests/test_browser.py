@@ -245,7 +245,7 @@ def test_calibrate_tab_makes_a_policy_this_session_uses_and_others_do_not(
     page.set_input_files("#calibrate-normal input[type=file]", [str(p) for p in normal])
     page.set_input_files("#calibrate-nsfw input[type=file]", [str(p) for p in nsfw])
     page.locator("#calibrate-button").click()
-    page.get_by_text("Block at").first.wait_for(timeout=60_000)
+    page.locator("#calibrate-summary").get_by_text("Review from").first.wait_for(timeout=60_000)
     summary = page.inner_text("#calibrate-summary")
     assert "Review from" in summary and f"{len(normal) + len(nsfw)} images scored" in summary
     assert "rule of three" in summary  # 24 images are too few for precision 0.99: the page says so
@@ -255,7 +255,7 @@ def test_calibrate_tab_makes_a_policy_this_session_uses_and_others_do_not(
     box = page.locator("#review-recall input[type=number]")
     box.fill("0.6")
     box.press("Enter")
-    page.get_by_text("recall ≥ 0.6").first.wait_for(timeout=30_000)
+    page.locator("#calibrate-summary").get_by_text("recall ≥ 0.6").first.wait_for(timeout=30_000)
     link = page.locator("#calibrate-policy a").first
     link.wait_for(timeout=30_000)
     policy = httpx.get(
@@ -265,7 +265,7 @@ def test_calibrate_tab_makes_a_policy_this_session_uses_and_others_do_not(
     ).json()
     assert 0 <= policy["review"] <= policy["block"] <= 1 and policy["targets"]["review_recall"] == 0.6
     page.locator("#calibrate-use").click()
-    page.get_by_text("this browser session only").first.wait_for(timeout=30_000)
+    page.locator("#calibrate-status").get_by_text("this browser session only").first.wait_for(timeout=30_000)
     page.get_by_role("tab", name="Image").click()
     page.set_input_files("#image-input input[type=file]", str(example))
     page.wait_for_selector(

@@ -50,7 +50,13 @@ def test_scan_writes_a_csv_row_per_file_with_an_error_row(folder, model_dir, cla
     )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(output.open()))
-    assert list(rows[0]) == ["path", "label", "normal", "nsfw", "nsfw_score", "is_nsfw", "error"]
+    columns = ["path", "label", "normal", "nsfw", "nsfw_score", "is_nsfw", "decision", "segments", "error"]
+    assert list(rows[0]) == columns  # decision and segments added by the policy work (issue 14)
+    assert all(
+        row["decision"] == ("block" if row["is_nsfw"] == "True" else "allow")
+        for row in rows
+        if not row["error"]
+    )
     assert len(rows) == 5 and not any("readme" in row["path"] for row in rows)
     broken = [row for row in rows if row["path"].endswith("broken.jpg")]
     assert broken and "not an image" in broken[0]["error"] and broken[0]["label"] == ""
@@ -69,8 +75,9 @@ def test_scan_jsonl_and_threshold(folder, model_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == 5
-    assert all(row["is_nsfw"] is True for row in rows if not row["error"])
-    assert set(rows[0]) == {"path", "label", "normal", "nsfw", "nsfw_score", "is_nsfw", "error"}
+    assert all(row["is_nsfw"] is True and row["decision"] == "block" for row in rows if not row["error"])
+    keys = {"path", "label", "normal", "nsfw", "nsfw_score", "is_nsfw", "decision", "segments", "error"}
+    assert set(rows[0]) == keys
 
 
 def test_scan_resume_skips_files_already_done(folder, model_dir, tmp_path):

@@ -171,7 +171,14 @@ def _row(
     path: str, outcome: Prediction | InvalidImageError, labels: list[str], threshold: float, review: float
 ) -> dict:
     if isinstance(outcome, InvalidImageError):
-        return {"path": path, "label": None, "is_nsfw": None, "nsfw_score": None, "error": str(outcome)}
+        return {
+            "path": path,
+            "label": None,
+            "is_nsfw": None,
+            "nsfw_score": None,
+            "decision": None,
+            "error": str(outcome),
+        }
     answer = outcome.to_dict(threshold, review)
     row: dict[str, Any] = {"path": path, "label": outcome.label, "error": ""}
     row.update({label: round(outcome.scores[label], 6) for label in labels})
