@@ -282,3 +282,24 @@ def test_scan_every_is_checked_and_used(model_dir, scored, tmp_path):
     for bad in ("0", "-1", "nan", "soon"):
         refused = run_cli("scan", str(folder), "-m", str(model_dir), "--every", bad)
         assert refused.returncode == 2 and "--every" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_the_pages_score_plot_marks_the_flagged_segments(classifier, scored, tmp_path):
+    import base64
+
+    from nsfw_space import Settings
+    from nsfw_space.space.views import PageViews
+
+    low, high = scored["images"]
+    again = high.copy()
+    again.putpixel((0, 0), (0, 0, 0))
+    buffer = io.BytesIO()
+    low.save(buffer, format="GIF", save_all=True, append_images=[high, again, low], duration=500, loop=0)
+    media = {"path": None, "url": "data:image/gif;base64," + base64.b64encode(buffer.getvalue()).decode()}
+    middle = (scored["low"] + scored["high"]) / 2
+    views = PageViews(classifier, Settings(), Policy(block=min(1.0, scored["high"] + 0.01), review=middle))
+    verdict, plot, result = views.frames_view(media, None, "max", 2, 8)
+    assert "verdict-review" in verdict and result["segments"][0]["start"] == 0.5
+    flagged = plot[plot["series"] == "flagged 1"]
+    assert list(flagged["time (s)"]) == [0.5, 1.5] and set(flagged["nsfw score"]) == {1.0}
+    assert set(plot[plot["series"] == "review threshold"]["nsfw score"]) == {middle}

@@ -90,19 +90,27 @@ class PageViews(Handlers):
         frames: float,
         session_policy: dict[str, Any] | None = None,
     ) -> tuple[str, Any, dict[str, Any]]:
-        """The GIF/video tab: verdict, the nsfw score over time (with the threshold), and the JSON."""
+        """The GIF/video tab: verdict, the nsfw score over time with the threshold(s) and the
+        flagged segments (a band along the top of the plot over each), and the JSON."""
         import pandas as pd
 
         result = self._frames(media, self.applied(threshold, session_policy), rule, k, frames)
         limit, review = result["threshold"], result["review_threshold"]
         times, scores = result["frame_times"], result["frame_scores"]
-        plot = pd.DataFrame(
-            {
-                "time (s)": [*times, times[0], times[-1]],
-                "nsfw score": [*scores, limit, limit],
-                "series": ["nsfw score"] * len(scores) + ["threshold"] * 2,
-            }
-        )
+        columns: dict[str, list] = {
+            "time (s)": [*times, times[0], times[-1]],
+            "nsfw score": [*scores, limit, limit],
+            "series": ["nsfw score"] * len(scores) + ["threshold"] * 2,
+        }
+        lines = [("review threshold", [(times[0], review), (times[-1], review)])] if review < limit else []
+        for number, segment in enumerate(result["segments"], start=1):
+            lines.append((f"flagged {number}", [(segment["start"], 1.0), (segment["end"], 1.0)]))
+        for name, points in lines:
+            for time, value in points:
+                columns["time (s)"].append(time)
+                columns["nsfw score"].append(value)
+                columns["series"].append(name)
+        plot = pd.DataFrame(columns)
         prediction = Prediction(scores=result["scores"], nsfw_score=result["nsfw_score"])
         verdict = verdict_html(prediction, limit, rule=rule, k=result["k"], review=review)
         return verdict, plot, result
