@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from nsfw_space import __version__, commands
+from nsfw_space.bulk.sources import INPUT_FORMATS
 from nsfw_space.config import DEFAULT_MODEL
 from nsfw_space.errors import NSFWSpaceError
 from nsfw_space.logs import quiet_libraries
@@ -56,7 +57,12 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
     scan = subcommands.add_parser(
         "scan", help="score every image (and GIF/video) under folders; CSV or JSON Lines out"
     )
-    scan.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (walked recursively)")
+    scan.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="files or folders (walked recursively), parquet files or tar shards",
+    )
     _model_options(scan)
     scan.add_argument(
         "--threshold", type=_unit_float, default=None, help="flag at or above this nsfw score (default 0.5)"
@@ -70,7 +76,9 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
     scan.add_argument(
         "--batch-size", type=_positive_int, default=None, help="images per forward pass (default 16)"
     )
-    scan.add_argument("--output", "-o", default=None, help="FILE.csv or FILE.jsonl (default: CSV on stdout)")
+    scan.add_argument(
+        "--output", "-o", default=None, help="FILE.csv, FILE.jsonl or FILE.parquet (default: CSV on stdout)"
+    )
     scan.add_argument("--resume", action="store_true", help="skip files already in --output and append")
     scan.add_argument(
         "--frame-rule",
@@ -88,6 +96,15 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="GIFs and videos: a frame at least every SECONDS (up to 1000) instead of 8 evenly spaced",
     )
+    scan.add_argument(
+        "--input-format",
+        choices=INPUT_FORMATS,
+        default="files",
+        help="files and folders (default), parquet tables, or webdataset tar shards",
+    )
+    scan.add_argument("--image-column", default=None, help="parquet: the column of image bytes")
+    scan.add_argument("--url-column", default=None, help="parquet: the column of image URLs")
+    scan.add_argument("--id-column", default=None, help="parquet: the column of ids (default FILE#ROW)")
     scan.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     scan.set_defaults(run=commands.run_scan)
     return scan

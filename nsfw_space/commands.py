@@ -49,8 +49,18 @@ def run_scan(args: argparse.Namespace) -> int:
     from nsfw_space.bulk.scan import plan_scan, scan
 
     settings = settings_from(args)
-    plan = plan_scan(args.paths, args.output, args.resume)  # inputs and output checked first
-    if not plan.files:
+    plan = plan_scan(  # inputs and output checked first
+        args.paths,
+        args.output,
+        args.resume,
+        input_format=args.input_format,
+        image_column=args.image_column,
+        url_column=args.url_column,
+        id_column=args.id_column,
+        max_bytes=settings.max_file_bytes,
+        fetch=_fetcher(settings),
+    )
+    if plan.total == 0:
         done = (
             f"all {plan.skipped} already in {args.output}"
             if plan.skipped
@@ -62,20 +72,19 @@ def run_scan(args: argparse.Namespace) -> int:
     from nsfw_space.model.classifier import NSFWClassifier
 
     policy = policy_from(settings, getattr(args, "threshold", None))
+    options = {
+        "threshold": policy.block,
+        "review_threshold": policy.review,
+        "batch_size": settings.batch_size,
+        "progress": not args.quiet,
+        "rule": args.frame_rule,
+        "k": args.min_frames,
+    }
     classifier = NSFWClassifier.from_settings(settings)
     if args.every:
         classifier = classifier.with_limits(every=args.every)
     started = time.perf_counter()
-    summary = scan(
-        classifier,
-        plan,
-        threshold=policy.block,
-        review_threshold=policy.review,
-        batch_size=settings.batch_size,
-        progress=not args.quiet,
-        rule=args.frame_rule,
-        k=args.min_frames,
-    )
+    summary = scan(classifier, plan, **options)
     seconds = time.perf_counter() - started
     _finish_builds(classifier)
     rate = summary.files / seconds if seconds > 0 else 0.0
@@ -87,6 +96,23 @@ def run_scan(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _fetcher(settings: Settings):
+    """URL cells are fetched as the Space fetches URLs: public addresses only, size and time limits."""
+    if not settings.allow_urls:
+        return None
+    from nsfw_space.media.fetch import fetch_image_bytes
+
+    def fetch(url: str) -> bytes:
+        return fetch_image_bytes(
+            url,
+            max_bytes=settings.max_file_bytes,
+            timeout=settings.url_timeout,
+            allow_private=settings.allow_private_urls,
+        )
+
+    return fetch
 
 
 def _count(number: int, noun: str) -> str:

@@ -50,8 +50,21 @@ def test_scan_writes_a_csv_row_per_file_with_an_error_row(folder, model_dir, cla
     )
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(output.open()))
-    columns = ["path", "label", "normal", "nsfw", "nsfw_score", "is_nsfw", "decision", "segments", "error"]
-    assert list(rows[0]) == columns  # decision and segments added by the policy work (issue 14)
+    columns = [
+        "id",
+        "path",
+        "sha256",
+        "label",
+        "normal",
+        "nsfw",
+        "nsfw_score",
+        "is_nsfw",
+        "decision",
+        "segments",
+        "error",
+    ]
+    assert list(rows[0]) == columns  # decision, segments (issue 14), id and sha256 (issue 15) added
+    assert all(row["id"] == row["path"] for row in rows)  # a file's id is its path
     assert all(
         row["decision"] == ("block" if row["is_nsfw"] == "True" else "allow")
         for row in rows
@@ -76,7 +89,19 @@ def test_scan_jsonl_and_threshold(folder, model_dir, tmp_path):
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == 5
     assert all(row["is_nsfw"] is True and row["decision"] == "block" for row in rows if not row["error"])
-    keys = {"path", "label", "normal", "nsfw", "nsfw_score", "is_nsfw", "decision", "segments", "error"}
+    keys = {
+        "id",
+        "path",
+        "sha256",
+        "label",
+        "normal",
+        "nsfw",
+        "nsfw_score",
+        "is_nsfw",
+        "decision",
+        "segments",
+        "error",
+    }
     assert set(rows[0]) == keys
 
 
@@ -109,7 +134,7 @@ def test_unloadable_model_is_one_line_and_exit_2(folder, tmp_path):
 def test_bad_arguments_exit_2(folder, model_dir, tmp_path):
     assert run_cli("scan", str(folder), "-m", str(model_dir), "--threshold", "7").returncode == 2
     wrong_suffix = run_cli("scan", str(folder), "-m", str(model_dir), "-o", str(tmp_path / "x.txt"))
-    assert wrong_suffix.returncode == 2 and ".csv or .jsonl" in wrong_suffix.stderr
+    assert wrong_suffix.returncode == 2 and ".csv, .jsonl or .parquet" in wrong_suffix.stderr
 
 
 @pytest.mark.slow

@@ -1,38 +1,31 @@
-"""Folder scanning: walk paths, score every image (and GIF/video), write CSV or JSON Lines rows."""
+"""Scanning at scale: every input of files, folders, Parquet tables or WebDataset shards scored
+and written as one row each (CSV, JSON Lines or Parquet), resumable by ``id``.
+
+Items are read and scored in chunks, in input order; every row carries the input's ``id`` and the
+sha256 of its bytes, so a resumed scan skips exactly the ids already written.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from nsfw_space.bulk.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Item, Loaded, items_from, load, walk
 from nsfw_space.bulk.writers import csv_cell, csv_text
 from nsfw_space.errors import ConfigError, InvalidImageError
 from nsfw_space.model.classifier import NSFWClassifier
 from nsfw_space.model.prediction import Prediction
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ico", ".jfif"}
-VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
-
-
-def walk(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files named directly, and images/videos found recursively in folders, in a stable order."""
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                for name in sorted(files):
-                    if Path(name).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-                        yield Path(root) / name
-        else:
-            yield path
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ScanPlan", "ScanSummary", "plan_scan", "scan", "walk"]
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+CHUNK = 64  # items read and scored together, so an error row keeps its place among the others
 
 
 @dataclass
@@ -43,67 +36,177 @@ class ScanSummary:
     errors: int = 0
     skipped: int = 0
 
+    def add(self, row: dict[str, Any]) -> None:
+        self.files += 1
+        self.flagged += 1 if row.get("is_nsfw") else 0
+        self.review += 1 if row.get("decision") == "review" else 0
+        self.errors += 1 if row.get("error") else 0
+
+
+def columns_for(labels: list[str]) -> list[str]:
+    return [
+        "id",
+        "path",
+        "sha256",
+        "label",
+        *labels,
+        "nsfw_score",
+        "is_nsfw",
+        "decision",
+        "segments",
+        "error",
+    ]
+
 
 class RowWriter:
-    """Writes one row per file as CSV or JSON Lines (chosen from the output's suffix)."""
+    """Writes one row per input as CSV, JSON Lines or Parquet (from the output's suffix).
 
-    def __init__(self, handle: IO[str], fmt: str, labels: list[str], write_header: bool) -> None:
-        self.handle = handle
+    CSV and JSON Lines are appended and flushed row by row. Parquet cannot be appended to: a
+    resumed Parquet output is rewritten (the rows already there first) into ``NAME.partial`` and
+    renamed over the old file when the scan ends, so an interrupted run leaves the old file whole.
+    """
+
+    def __init__(self, output: str | None, fmt: str, labels: list[str], appending: bool = False) -> None:
         self.fmt = fmt
-        self.columns = ["path", "label", *labels, "nsfw_score", "is_nsfw", "decision", "segments", "error"]
-        self._csv = csv.DictWriter(handle, fieldnames=self.columns) if fmt == "csv" else None
-        if self._csv is not None and write_header:
+        self.labels = labels
+        self.columns = columns_for(labels)
+        self.output = output
+        self._rows: list[dict[str, Any]] = []
+        self._parquet = None
+        if fmt == "parquet":
+            self._open_parquet(appending)
+            self.handle = None
+            return
+        to_stdout = output is None or output == "-"
+        mode = "a" if appending else "w"
+        # kept open for the whole scan, closed in close()
+        self.handle = sys.stdout if to_stdout else open(output, mode, newline="", encoding="utf-8")  # noqa: SIM115
+        self._csv = csv.DictWriter(self.handle, fieldnames=self.columns) if fmt == "csv" else None
+        if self._csv is not None and not appending:
             self._csv.writeheader()
 
     def write(self, row: dict[str, Any]) -> None:
+        if self.fmt == "parquet":
+            self._rows.append(row)
+            if len(self._rows) >= 256:
+                self._flush_parquet()
+            return
         if self._csv is not None:
             self._csv.writerow({key: _cell(row.get(key)) for key in self.columns})
         else:
             self.handle.write(json.dumps({key: row.get(key) for key in self.columns}) + "\n")
         self.handle.flush()
 
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            self._flush_parquet()
+            self._parquet.close()
+            os.replace(self._partial, self.output)
+        elif self.handle is not sys.stdout:
+            self.handle.close()
+
+    def _open_parquet(self, appending: bool) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.output is None or self.output == "-":
+            raise ConfigError("Parquet output needs --output NAME.parquet.")
+        fields = [pa.field(name, pa.string()) for name in ("id", "path", "sha256", "label")]
+        fields += [pa.field(label, pa.float64()) for label in self.labels]
+        fields += [pa.field("nsfw_score", pa.float64()), pa.field("is_nsfw", pa.bool_())]
+        fields += [pa.field(name, pa.string()) for name in ("decision", "segments", "error")]
+        self._schema = pa.schema(fields)
+        self._partial = f"{self.output}.partial"
+        self._parquet = pq.ParquetWriter(self._partial, self._schema)
+        if appending:
+            self._parquet.write_table(pq.read_table(self.output).select(self.columns).cast(self._schema))
+
+    def _flush_parquet(self) -> None:
+        import pyarrow as pa
+
+        if not self._rows:
+            return
+        records = [
+            {
+                key: (
+                    json.dumps(row[key]) if key == "segments" and row.get(key) is not None else row.get(key)
+                )
+                for key in self.columns
+            }
+            for row in self._rows
+        ]
+        self._parquet.write_table(pa.Table.from_pylist(records, schema=self._schema))
+        self._rows = []
+
 
 def output_format(output: str | None) -> str:
     if output is None or output == "-":
         return "csv"
-    suffix = Path(output).suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    raise ConfigError(f"--output must end in .csv or .jsonl, not {output!r}.")
+    fmt = OUTPUT_FORMATS.get(Path(output).suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"--output must end in .csv, .jsonl or .parquet, not {output!r}.")
+    return fmt
 
 
-def done_paths(output: str, fmt: str) -> set[str]:
-    """Paths already written to ``output`` (for --resume)."""
+def done_ids(output: str, fmt: str) -> set[str]:
+    """Ids already written to ``output`` (for --resume); outputs from before ids read by path."""
     path = Path(output)
-    if not path.is_file():
+    if not path.is_file() or path.stat().st_size == 0:
         return set()
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return {str(value) for value in pq.read_table(path, columns=["id"]).column("id").to_pylist()}
     with path.open(newline="", encoding="utf-8") as handle:
         if fmt == "csv":
-            return {csv_text(row["path"]) for row in csv.DictReader(handle) if row.get("path")}
+            return {
+                csv_text(row.get("id") or row["path"]) for row in csv.DictReader(handle) if row.get("path")
+            }
         found = set()
         for line in handle:
             try:
-                found.add(json.loads(line)["path"])
-            except (ValueError, KeyError, TypeError):
+                row = json.loads(line)
+                found.add(row.get("id") or row["path"])
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a half-written last line from an interrupted scan
         return found
 
 
+done_paths = done_ids  # the name earlier releases used
+
+
 @dataclass
 class ScanPlan:
-    """What a scan will do, worked out before any model is loaded."""
+    """What a scan will do, worked out before any model is loaded. ``items`` is a list for files
+    (counted up front) and a lazy iterator for tables and shards."""
 
-    files: list[str]
+    items: Iterable[Item]
     fmt: str
     output: str | None
+    skip: set[str] = field(default_factory=set)
     skipped: int = 0
     appending: bool = False
+    total: int | None = None
+
+    @property
+    def files(self) -> list[str]:
+        """The paths a files scan will read (empty for lazy inputs)."""
+        return [item.path for item in self.items] if isinstance(self.items, list) else []
 
 
-def plan_scan(paths: Iterable[str | Path], output: str | None = None, resume: bool = False) -> ScanPlan:
-    """Check the inputs and the output, list the files, drop those ``--resume`` finds done.
+def plan_scan(
+    paths: Iterable[str | Path],
+    output: str | None = None,
+    resume: bool = False,
+    *,
+    input_format: str = "files",
+    image_column: str | None = None,
+    url_column: str | None = None,
+    id_column: str | None = None,
+    max_bytes: int | None = None,
+    fetch: Callable[[str], bytes] | None = None,
+) -> ScanPlan:
+    """Check the inputs and the output, list the items, drop those ``--resume`` finds done.
 
     Raises ConfigError naming the first input that does not exist, or an output it cannot write.
     """
@@ -115,13 +218,24 @@ def plan_scan(paths: Iterable[str | Path], output: str | None = None, resume: bo
     to_stdout = output is None or output == "-"
     if not to_stdout and not Path(output).resolve().parent.is_dir():
         raise ConfigError(f"The folder for the output {output!r} does not exist.")
-    files = [str(path) for path in walk(paths)]
-    plan = ScanPlan(files=files, fmt=fmt, output=output)
+    items = items_from(
+        paths,
+        input_format,
+        image_column=image_column,
+        url_column=url_column,
+        id_column=id_column,
+        max_bytes=max_bytes,
+        fetch=fetch,
+    )
+    plan = ScanPlan(items=list(items) if input_format == "files" else items, fmt=fmt, output=output)
     if resume and not to_stdout:
-        already = done_paths(output, fmt)
-        plan.skipped = sum(1 for f in files if f in already)
-        plan.files = [f for f in files if f not in already]
+        plan.skip = done_ids(output, fmt)
         plan.appending = Path(output).is_file() and Path(output).stat().st_size > 0
+        if isinstance(plan.items, list):
+            plan.skipped = sum(1 for item in plan.items if item.id in plan.skip)
+            plan.items = [item for item in plan.items if item.id not in plan.skip]
+    if isinstance(plan.items, list):
+        plan.total = len(plan.items)
     return plan
 
 
@@ -138,52 +252,80 @@ def scan(
     rule: str = "max",
     k: int = 1,
 ) -> ScanSummary:
-    """Score every file under ``paths`` (or of a ``plan_scan`` plan) and write a row each;
-    unreadable files get an error row. ``decision`` is block at or above ``threshold``, review at
-    or above ``review_threshold`` (default: the threshold, so none), else allow; ``segments`` (for
-    animations and videos) are the time ranges scoring at or above the review threshold."""
+    """Score every input (of ``paths``, or of a ``plan_scan`` plan) and write a row each;
+    unreadable inputs get an error row. ``decision`` is block at or above ``threshold``, review
+    at or above ``review_threshold`` (default: the threshold, so none), else allow; ``segments``
+    (for animations and videos) are the time ranges scoring at or above the review threshold."""
     review = threshold if review_threshold is None else min(review_threshold, threshold)
     plan = paths if isinstance(paths, ScanPlan) else plan_scan(paths, output, resume)
     summary = ScanSummary(skipped=plan.skipped)
-    target = (
-        contextlib.nullcontext(sys.stdout)
-        if plan.output is None or plan.output == "-"
-        else open(  # noqa: SIM115
-            plan.output, "a" if plan.appending else "w", newline="", encoding="utf-8"
-        )
-    )
-    with target as handle:
-        writer = RowWriter(handle, plan.fmt, classifier.labels, write_header=not plan.appending)
-        bar = _progress(len(plan.files), progress)
-        for source, outcome in classifier.iter_predictions(plan.files, batch_size=batch_size, rule=rule, k=k):
-            summary.files += 1
-            row = _row(str(source), outcome, classifier.labels, threshold, review)
-            summary.flagged += 1 if row["is_nsfw"] else 0
-            summary.review += 1 if row["decision"] == "review" else 0
-            summary.errors += 1 if row["error"] else 0
-            writer.write(row)
-            bar.update(1)
+    writer = RowWriter(plan.output, plan.fmt, classifier.labels, appending=plan.appending)
+    bar = _progress(plan.total, progress)
+    try:
+        for chunk in chunks(pending(plan, summary), CHUNK):
+            for row in score_rows(
+                classifier, [load(item) for item in chunk], threshold, review, batch_size, rule, k
+            ):
+                summary.add(row)
+                writer.write(row)
+                bar.update(1)
+    finally:
         bar.close()
+        writer.close()
     return summary
 
 
-def _row(
-    path: str, outcome: Prediction | InvalidImageError, labels: list[str], threshold: float, review: float
-) -> dict:
+def pending(plan: ScanPlan, summary: ScanSummary) -> Iterator[Item]:
+    """The plan's items not already done (lazy inputs are filtered here, as they stream)."""
+    for item in plan.items:
+        if item.id in plan.skip and not isinstance(plan.items, list):
+            summary.skipped += 1
+            continue
+        yield item
+
+
+def chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def score_rows(
+    classifier: NSFWClassifier,
+    loaded: list[Loaded],
+    threshold: float,
+    review: float,
+    batch_size: int,
+    rule: str = "max",
+    k: int = 1,
+) -> list[dict[str, Any]]:
+    """Rows for loaded inputs, in their order: the one row-making path of both engines."""
+    readable = [entry for entry in loaded if not isinstance(entry.data, InvalidImageError)]
+    outcomes = iter(
+        outcome
+        for _, outcome in classifier.iter_predictions(
+            [entry.data for entry in readable], batch_size=batch_size, rule=rule, k=k
+        )
+    )
+    rows = []
+    for entry in loaded:
+        outcome = entry.data if isinstance(entry.data, InvalidImageError) else next(outcomes)
+        rows.append(make_row(entry, outcome, classifier.labels, threshold, review))
+    return rows
+
+
+def make_row(
+    entry: Loaded, outcome: Prediction | InvalidImageError, labels: list[str], threshold: float, review: float
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": entry.item.id, "path": entry.item.path, "sha256": entry.sha256}
     if isinstance(outcome, InvalidImageError):
-        return {
-            "path": path,
-            "label": None,
-            "is_nsfw": None,
-            "nsfw_score": None,
-            "decision": None,
-            "error": str(outcome),
-        }
+        row.update(label=None, is_nsfw=None, nsfw_score=None, decision=None, error=str(outcome))
+        return row
     answer = outcome.to_dict(threshold, review)
-    row: dict[str, Any] = {"path": path, "label": outcome.label, "error": ""}
+    row.update(label=outcome.label, error="")
     row.update({label: round(outcome.scores[label], 6) for label in labels})
     row.update({key: answer[key] for key in ("nsfw_score", "is_nsfw", "decision")})
-    if "segments" in answer:  # JSON in both formats: one cell of the CSV, a list in JSON Lines
+    if "segments" in answer:  # JSON in every format: one cell of the CSV, a list in JSON Lines
         row["segments"] = answer["segments"]
     return row
 
@@ -196,7 +338,7 @@ def _cell(value: Any) -> Any:
     return csv_cell(value)
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int | None, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="file", file=sys.stderr, disable=not enabled, dynamic_ncols=True)

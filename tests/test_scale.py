@@ -1,0 +1,175 @@
+"""Scanning beyond folders: Parquet tables (image bytes or URLs), WebDataset shards, Parquet output,
+``id`` and ``sha256`` on every row, and resuming by id. Through the CLI, as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import http.server
+import io
+import json
+import tarfile
+import threading
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nsfw_space.tools.synthetic import jpeg_bytes, varied_image
+from tests.test_cli import run_cli
+
+
+@pytest.fixture(scope="module")
+def pictures():
+    """Ten JPEGs (bytes) and one broken file."""
+    return [jpeg_bytes(varied_image(200 + seed, (96 + seed, 72))) for seed in range(10)] + [b"not an image"]
+
+
+@pytest.fixture(scope="module")
+def by_files(pictures, model_dir, tmp_path_factory):
+    """The same pictures scanned as files: the reference rows, by sha256."""
+    folder = tmp_path_factory.mktemp("as-files")
+    for index, data in enumerate(pictures):
+        (folder / f"{index:02d}.jpg").write_bytes(data)
+    out = folder / "out.jsonl"
+    result = run_cli("scan", str(folder), "-m", str(model_dir), "-o", str(out), "-q")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    return {row["sha256"]: row for row in rows if row["sha256"]}, rows
+
+
+def test_file_rows_carry_the_sha256_of_their_bytes(by_files, pictures):
+    _, rows = by_files
+    assert len(rows) == len(pictures)
+    assert {hashlib.sha256(data).hexdigest() for data in pictures} == {row["sha256"] for row in rows}
+    broken = next(row for row in rows if row["path"].endswith("10.jpg"))
+    assert broken["error"] and broken["label"] is None
+
+
+def test_a_parquet_table_of_image_bytes_gives_the_same_rows(pictures, by_files, model_dir, tmp_path):
+    reference, _ = by_files
+    table = pa.table({"key": [f"img-{i}" for i in range(len(pictures))], "image": pictures})
+    pq.write_table(table, tmp_path / "images.parquet")
+    out = tmp_path / "out.parquet"
+    result = run_cli(
+        "scan", str(tmp_path / "images.parquet"), "-m", str(model_dir), "--input-format", "parquet",
+        "--image-column", "image", "--id-column", "key", "-o", str(out), "-q",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = pq.read_table(out).to_pylist()
+    assert [row["id"] for row in rows] == [f"img-{i}" for i in range(len(pictures))]
+    for row in rows[:-1]:
+        expected = reference[row["sha256"]]
+        assert row["nsfw_score"] == pytest.approx(expected["nsfw_score"], abs=1e-6)
+        assert (row["label"], row["decision"]) == (expected["label"], expected["decision"])
+    assert rows[-1]["error"] and rows[-1]["nsfw_score"] is None  # the broken cell: an error row
+    assert not (tmp_path / "out.parquet.partial").exists()
+
+
+@pytest.fixture
+def image_server(pictures):
+    """The pictures over HTTP on 127.0.0.1 (/0.jpg ... /10.jpg)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            index = int(self.path.strip("/").split(".")[0])
+            body = pictures[index]
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_parquet_table_of_urls_is_fetched_through_the_url_guard(
+    pictures, by_files, model_dir, image_server, tmp_path
+):
+    reference, _ = by_files
+    urls = [f"{image_server}/{i}.jpg" for i in range(10)]
+    pq.write_table(pa.table({"url": urls}), tmp_path / "urls.parquet")
+    out = tmp_path / "out.csv"
+    args = ["scan", str(tmp_path / "urls.parquet"), "-m", str(model_dir), "--input-format", "parquet"]
+    args += ["--url-column", "url", "-o", str(out), "-q"]
+    refused = run_cli(*args)  # the guard refuses 127.0.0.1 as it does in the Space: error rows
+    assert refused.returncode == 0, refused.stderr
+    assert all(row["error"] for row in csv.DictReader(out.open()))
+    allowed = run_cli(*args, env_extra={"NSFW_SPACE_ALLOW_PRIVATE_URLS": "1"})  # the test-only switch
+    assert allowed.returncode == 0, allowed.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [row["id"] for row in rows] == [f"{tmp_path / 'urls.parquet'}#{i}" for i in range(10)]
+    for row in rows:
+        assert not row["error"], row
+        assert float(row["nsfw_score"]) == pytest.approx(reference[row["sha256"]]["nsfw_score"], abs=1e-6)
+
+
+def _shard(path, pictures):
+    with tarfile.open(path, "w") as archive:
+        for key, data in pictures:
+            for suffix, body in ((".jpg", data), (".json", b'{"caption": "x"}')):
+                member = tarfile.TarInfo(key + suffix)
+                member.size = len(body)
+                archive.addfile(member, io.BytesIO(body))
+
+
+def test_webdataset_shards_use_their_keys_as_ids(pictures, by_files, model_dir, tmp_path):
+    reference, _ = by_files
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _shard(shards / "shard-000.tar", [(f"sample{i:03d}", pictures[i]) for i in range(5)])
+    _shard(shards / "shard-001.tar", [(f"sample{i:03d}", pictures[i]) for i in range(5, 11)])
+    out = tmp_path / "out.jsonl"
+    result = run_cli(
+        "scan", str(shards), "-m", str(model_dir), "--input-format", "webdataset", "-o", str(out), "-q"
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    expected_ids = [f"shard-000.tar/sample{i:03d}" for i in range(5)]
+    expected_ids += [f"shard-001.tar/sample{i:03d}" for i in range(5, 11)]
+    assert [row["id"] for row in rows] == expected_ids  # captions (.json members) are not inputs
+    for row in rows[:-1]:
+        assert row["nsfw_score"] == pytest.approx(reference[row["sha256"]]["nsfw_score"], abs=1e-6)
+    assert rows[-1]["error"]
+
+
+def test_resuming_a_parquet_scan_writes_each_id_once(pictures, model_dir, tmp_path):
+    keys = [f"img-{i}" for i in range(len(pictures))]
+    pq.write_table(pa.table({"key": keys[:6], "image": pictures[:6]}), tmp_path / "first.parquet")
+    pq.write_table(pa.table({"key": keys, "image": pictures}), tmp_path / "all.parquet")
+    out = tmp_path / "out.parquet"
+    common = [
+        "-m",
+        str(model_dir),
+        "--input-format",
+        "parquet",
+        "--image-column",
+        "image",
+        "--id-column",
+        "key",
+    ]
+    first = run_cli("scan", str(tmp_path / "first.parquet"), *common, "-o", str(out), "-q")
+    assert first.returncode == 0, first.stderr
+    again = run_cli("scan", str(tmp_path / "all.parquet"), *common, "-o", str(out), "--resume", "-q")
+    assert again.returncode == 0, again.stderr
+    assert "scanned 5 files" in again.stderr and "6 already done" in again.stderr  # nothing rescored
+    ids = pq.read_table(out).column("id").to_pylist()
+    assert sorted(ids) == sorted(keys) and len(ids) == len(set(ids))
+
+
+def test_unusable_table_arguments_are_one_line(model_dir, tmp_path):
+    pq.write_table(pa.table({"image": [b"x"]}), tmp_path / "t.parquet")
+    for extra, message in [
+        ([], "Give one of --image-column and --url-column"),
+        (["--image-column", "pixels"], "has no column 'pixels'"),
+    ]:
+        result = run_cli(
+            "scan", str(tmp_path / "t.parquet"), "-m", str(model_dir), "--input-format", "parquet", *extra
+        )
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
