@@ -105,6 +105,16 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
     scan.add_argument("--image-column", default=None, help="parquet: the column of image bytes")
     scan.add_argument("--url-column", default=None, help="parquet: the column of image URLs")
     scan.add_argument("--id-column", default=None, help="parquet: the column of ids (default FILE#ROW)")
+    scan.add_argument(
+        "--engine", choices=("local", "ray"), default="local", help="local (default) or ray (Ray Data)"
+    )
+    scan.add_argument("--ray-address", default=None, help="ray: auto or ray://HOST:10001 (default: Ray here)")
+    scan.add_argument(
+        "--workers", type=_positive_int, default=None, help="ray: model workers (default: CPUs)"
+    )
+    scan.add_argument(
+        "--gpus-per-worker", type=_unit_float, default=0.0, help="ray: GPUs per worker (0 to 1)"
+    )
     scan.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     scan.set_defaults(run=commands.run_scan)
     return scan

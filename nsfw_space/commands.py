@@ -47,6 +47,7 @@ def _review_note(count: int, policy: Policy) -> str:
 
 def run_scan(args: argparse.Namespace) -> int:
     from nsfw_space.bulk.scan import plan_scan, scan
+    from nsfw_space.bulk.sources import url_fetcher
 
     settings = settings_from(args)
     plan = plan_scan(  # inputs and output checked first
@@ -58,7 +59,7 @@ def run_scan(args: argparse.Namespace) -> int:
         url_column=args.url_column,
         id_column=args.id_column,
         max_bytes=settings.max_file_bytes,
-        fetch=_fetcher(settings),
+        fetch=url_fetcher(settings),
     )
     if plan.total == 0:
         done = (
@@ -80,13 +81,21 @@ def run_scan(args: argparse.Namespace) -> int:
         "rule": args.frame_rule,
         "k": args.min_frames,
     }
-    classifier = NSFWClassifier.from_settings(settings)
-    if args.every:
-        classifier = classifier.with_limits(every=args.every)
     started = time.perf_counter()
-    summary = scan(classifier, plan, **options)
+    if args.engine == "ray":
+        from nsfw_space.bulk.ray_engine import RayOptions, scan_with_ray
+
+        engine = RayOptions(args.ray_address, args.workers, args.gpus_per_worker, args.every)
+        summary = scan_with_ray(settings, plan, engine, **options)
+    else:
+        classifier = NSFWClassifier.from_settings(settings)
+        if args.every:
+            classifier = classifier.with_limits(every=args.every)
+        started = time.perf_counter()
+        summary = scan(classifier, plan, **options)
     seconds = time.perf_counter() - started
-    _finish_builds(classifier)
+    if args.engine != "ray":
+        _finish_builds(classifier)
     rate = summary.files / seconds if seconds > 0 else 0.0
     skipped = f", {summary.skipped} already done" if summary.skipped else ""
     print(
@@ -96,23 +105,6 @@ def run_scan(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def _fetcher(settings: Settings):
-    """URL cells are fetched as the Space fetches URLs: public addresses only, size and time limits."""
-    if not settings.allow_urls:
-        return None
-    from nsfw_space.media.fetch import fetch_image_bytes
-
-    def fetch(url: str) -> bytes:
-        return fetch_image_bytes(
-            url,
-            max_bytes=settings.max_file_bytes,
-            timeout=settings.url_timeout,
-            allow_private=settings.allow_private_urls,
-        )
-
-    return fetch
 
 
 def _count(number: int, noun: str) -> str:

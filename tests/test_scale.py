@@ -173,3 +173,103 @@ def test_unusable_table_arguments_are_one_line(model_dir, tmp_path):
             "scan", str(tmp_path / "t.parquet"), "-m", str(model_dir), "--input-format", "parquet", *extra
         )
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+# --- the Ray engine: the same rows as the local engine, on one machine and on two nodes --------------
+def _rows_of(path):
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines()]
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _same_rows(ray_rows, local_rows):
+    assert [row["id"] for row in ray_rows] == [row["id"] for row in local_rows]
+    for ours, theirs in zip(ray_rows, local_rows, strict=True):
+        assert ours["sha256"] == theirs["sha256"] and bool(ours["error"]) == bool(theirs["error"])
+        assert ours["error"] == theirs["error"]
+        if not ours["error"]:
+            assert float(ours["nsfw_score"]) == pytest.approx(float(theirs["nsfw_score"]), abs=1e-4)
+            assert ours["decision"] == theirs["decision"]
+
+
+@pytest.fixture(scope="module")
+def mixed_inputs(pictures, tmp_path_factory):
+    """The same pictures as a folder (plus a GIF), a Parquet table and two WebDataset shards."""
+    root = tmp_path_factory.mktemp("mixed")
+    folder = root / "folder"
+    folder.mkdir()
+    for index, data in enumerate(pictures):
+        (folder / f"{index:02d}.jpg").write_bytes(data)
+    frames = [varied_image(300 + i, (64, 48)) for i in range(4)]
+    frames[0].save(folder / "clip.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
+    pq.write_table(
+        pa.table({"key": [f"k{i}" for i in range(len(pictures))], "image": pictures}), root / "t.parquet"
+    )
+    shards = root / "shards"
+    shards.mkdir()
+    _shard(shards / "a.tar", [(f"s{i}", pictures[i]) for i in range(5)])
+    _shard(shards / "b.tar", [(f"s{i}", pictures[i]) for i in range(5, len(pictures))])
+    return {
+        "files": ([str(folder)], []),
+        "parquet": (
+            [str(root / "t.parquet")],
+            ["--input-format", "parquet", "--image-column", "image", "--id-column", "key"],
+        ),
+        "webdataset": ([str(shards)], ["--input-format", "webdataset"]),
+    }
+
+
+@pytest.mark.slow
+def test_the_ray_engine_gives_the_local_engines_rows_for_every_input(mixed_inputs, model_dir, tmp_path):
+    for name, (inputs, extra) in mixed_inputs.items():
+        outputs = {}
+        for engine in ("local", "ray"):
+            out = tmp_path / f"{name}-{engine}.jsonl"
+            result = run_cli(
+                "scan", *inputs, "-m", str(model_dir), *extra, "-o", str(out), "--engine", engine, "-q"
+            )
+            assert result.returncode == 0, result.stderr
+            outputs[engine] = _rows_of(out)
+        assert len(outputs["ray"]) >= len(mixed_inputs["webdataset"][0])
+        _same_rows(outputs["ray"], outputs["local"])
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_shares_the_work_and_gives_the_same_rows(
+    mixed_inputs, by_files, model_dir, tmp_path
+):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from nsfw_space import Settings
+    from nsfw_space.bulk.ray_engine import RayOptions, scan_with_ray
+    from nsfw_space.bulk.scan import plan_scan
+
+    _, local_rows = by_files
+    folder = mixed_inputs["files"][0][0]
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 100 * 2**20}
+    )
+    cluster.add_node(num_cpus=1, object_store_memory=100 * 2**20)  # a second node on 127.0.0.1
+    try:
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        out = tmp_path / "two-nodes.jsonl"
+        nodes: list[str] = []
+        plan = plan_scan([folder], str(out))
+        settings = Settings(model=str(model_dir), precision="fp32")
+        options = RayOptions(address=cluster.address, workers=2)
+        summary = scan_with_ray(settings, plan, options, batch_size=1, progress=False, nodes=nodes)
+        assert summary.files == len(local_rows) + 1  # the GIF too
+        assert len(set(nodes)) == 2  # both nodes scored rows
+        reference = {row["sha256"]: row for row in local_rows}  # the same bytes scanned locally
+        rows = [row for row in _rows_of(out) if not row["id"].endswith("clip.gif")]
+        assert len(rows) == len(local_rows)
+        for row in rows:
+            expected = reference[row["sha256"]]
+            assert row["error"] == expected["error"]
+            if not row["error"]:
+                assert row["nsfw_score"] == pytest.approx(expected["nsfw_score"], abs=1e-4)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

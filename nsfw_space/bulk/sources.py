@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from nsfw_space.config import Settings
 from nsfw_space.errors import ConfigError, InvalidImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ico", ".jfif"}
@@ -29,6 +30,7 @@ class Item:
     id: str
     path: str
     read: Callable[[], bytes]
+    url: str | None = None  # for a URL cell: fetched where the item is read (a Ray task, say)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ def parquet_items(
             ids = batch.column(id_column).to_pylist() if id_column else [None] * len(cells)
             for cell, cell_id in zip(cells, ids, strict=True):
                 identity = str(cell_id) if cell_id is not None else f"{path}#{row}"
-                yield Item(identity, str(path), _cell_reader(cell, bool(url_column), max_bytes, fetch))
+                reader = _cell_reader(cell, bool(url_column), max_bytes, fetch)
+                yield Item(identity, str(path), reader, url=str(cell) if url_column and cell else None)
                 row += 1
 
 
@@ -203,3 +206,21 @@ def items_from(
     if input_format == "webdataset":
         return webdataset_items(paths, max_bytes)
     raise ConfigError(f"Unknown input format {input_format!r}; use {', '.join(INPUT_FORMATS)}.")
+
+
+def url_fetcher(settings: Settings) -> Callable[[str], bytes] | None:
+    """URL cells are fetched as the Space fetches URLs: public addresses only (unless the test
+    switch allows private ones), size and time limits; None when URLs are off."""
+    if not settings.allow_urls:
+        return None
+    from nsfw_space.media.fetch import fetch_image_bytes
+
+    def fetch(url: str) -> bytes:
+        return fetch_image_bytes(
+            url,
+            max_bytes=settings.max_file_bytes,
+            timeout=settings.url_timeout,
+            allow_private=settings.allow_private_urls,
+        )
+
+    return fetch
