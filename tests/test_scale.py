@@ -273,3 +273,61 @@ def test_a_two_node_cluster_shares_the_work_and_gives_the_same_rows(
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _start_scan(folder, model_dir, out, *extra):
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_cli import ROOT
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "nsfw_space", "scan", str(folder), "-m", str(model_dir), "-o", str(out)]
+    command += ["--engine", "ray", "--batch-size", "1", "-q", *extra]
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+
+
+def _valid_ids(out):
+    ids = []
+    for line in out.read_text().splitlines():
+        try:
+            ids.append(json.loads(line)["id"])
+        except ValueError:
+            continue
+    return ids
+
+
+@pytest.fixture(scope="module")
+def many_pictures(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("many")
+    for index in range(300):
+        varied_image(1000 + index, (48, 36)).save(folder / f"{index:03d}.png")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_with_each_row_once_and_nothing_rescored(many_pictures, model_dir, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out.jsonl"
+    driver = _start_scan(many_pictures, model_dir, out)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and (not out.exists() or len(_valid_ids(out)) < 5):
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and what it started, mid-job
+    driver.wait()
+    written = len(set(_valid_ids(out)))
+    assert 5 <= written < 300, written
+    again = _start_scan(many_pictures, model_dir, out, "--resume")
+    _, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr.decode()[-2000:]
+    ids = _valid_ids(out)
+    assert sorted(ids) == sorted(str(path) for path in many_pictures.glob("*.png"))  # each input once
+    already = len(set(ids)) - int(stderr.decode().split("scanned ")[1].split(" file")[0])
+    assert f"{already} already done" in stderr.decode() and already >= written  # none scored twice

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nsfw_space.bulk.scan import RowWriter, ScanPlan, ScanSummary, _progress, score_rows
-from nsfw_space.bulk.sources import Item, Loaded, load
+from nsfw_space.bulk.sources import Item, Loaded, load, read_batch
 from nsfw_space.config import Settings
 from nsfw_space.errors import ConfigError, InvalidImageError
 
@@ -94,44 +94,6 @@ def _descriptor(item: Item) -> dict[str, Any]:
     return {"id": item.id, "path": item.path, "kind": "bytes", "locator": "", "blob": entry.data}
 
 
-def _read(batch: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """A Ray task: read and hash a batch of inputs (bytes out, or why they could not be read)."""
-    from nsfw_space.bulk.sources import read_file, url_fetcher
-
-    config = Settings(**settings)
-    fetch = url_fetcher(config)
-    out: dict[str, list] = {"id": [], "path": [], "data": [], "sha256": [], "error": []}
-    for identity, path, kind, locator, blob in zip(
-        batch["id"], batch["path"], batch["kind"], batch["locator"], batch["blob"], strict=True
-    ):
-        if kind == "file":
-            read = lambda locator=locator: read_file(locator, config.max_file_bytes)  # noqa: E731
-        elif kind == "url":
-            read = lambda locator=locator: _fetch(fetch, locator)  # noqa: E731
-        elif kind == "error":
-            read = lambda locator=locator: _fail(locator)  # noqa: E731
-        else:
-            read = lambda blob=blob: bytes(blob)  # noqa: E731
-        entry = load(Item(str(identity), str(path), read))
-        failed = isinstance(entry.data, InvalidImageError)
-        out["id"].append(entry.item.id)
-        out["path"].append(entry.item.path)
-        out["data"].append(b"" if failed else entry.data)
-        out["sha256"].append(entry.sha256 or "")
-        out["error"].append(str(entry.data) if failed else "")
-    return out
-
-
-def _fetch(fetch: Any, url: str) -> bytes:
-    if fetch is None:
-        raise InvalidImageError("URLs are not fetched here (NSFW_SPACE_ALLOW_URLS is off)")
-    return fetch(url)
-
-
-def _fail(reason: str) -> bytes:
-    raise InvalidImageError(reason)
-
-
 def scan_with_ray(
     settings: Settings,
     plan: ScanPlan,
@@ -168,7 +130,13 @@ def scan_with_ray(
     dataset = (
         ray.data.from_items(descriptors)
         # reading and hashing is light: it takes no CPU slot, so every core can hold a model actor
-        .map_batches(_read, fn_kwargs={"settings": settings_values}, batch_size=batch_size, num_cpus=0)
+        .map_batches(
+            read_batch,  # defined where no torch is imported: read tasks start in a fraction of a second
+            fn_kwargs={"settings": settings_values},
+            batch_size=batch_size,
+            num_cpus=0,
+            concurrency=2,
+        )
         .map_batches(
             _Scorer,
             fn_constructor_kwargs={"settings": settings_values, "every": options.every, "scoring": scoring},

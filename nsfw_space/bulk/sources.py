@@ -13,6 +13,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from nsfw_space.config import Settings
 from nsfw_space.errors import ConfigError, InvalidImageError
@@ -224,3 +225,40 @@ def url_fetcher(settings: Settings) -> Callable[[str], bytes] | None:
         )
 
     return fetch
+
+
+def read_batch(batch: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Read and hash a batch of item descriptors (``id``, ``path``, ``kind``: file, url, bytes or
+    error, ``locator``, ``blob``): the Ray engine's reading stage. Bytes out, or why not."""
+    config = Settings(**settings)
+    fetch = url_fetcher(config)
+    out: dict[str, list] = {"id": [], "path": [], "data": [], "sha256": [], "error": []}
+    for identity, path, kind, locator, blob in zip(
+        batch["id"], batch["path"], batch["kind"], batch["locator"], batch["blob"], strict=True
+    ):
+        if kind == "file":
+            read = lambda locator=locator: read_file(locator, config.max_file_bytes)  # noqa: E731
+        elif kind == "url":
+            read = lambda locator=locator: _fetch(fetch, locator)  # noqa: E731
+        elif kind == "error":
+            read = lambda locator=locator: _fail(locator)  # noqa: E731
+        else:
+            read = lambda blob=blob: bytes(blob)  # noqa: E731
+        entry = load(Item(str(identity), str(path), read))
+        failed = isinstance(entry.data, InvalidImageError)
+        out["id"].append(entry.item.id)
+        out["path"].append(entry.item.path)
+        out["data"].append(b"" if failed else entry.data)
+        out["sha256"].append(entry.sha256 or "")
+        out["error"].append(str(entry.data) if failed else "")
+    return out
+
+
+def _fetch(fetch: Any, url: str) -> bytes:
+    if fetch is None:
+        raise InvalidImageError("URLs are not fetched here (NSFW_SPACE_ALLOW_URLS is off)")
+    return fetch(url)
+
+
+def _fail(reason: str) -> bytes:
+    raise InvalidImageError(reason)
