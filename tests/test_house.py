@@ -112,7 +112,7 @@ def test_scan_refuses_a_missing_input_before_loading_any_model(capsys, tmp_path)
 
 def test_scan_refuses_a_bad_output_suffix_before_loading_any_model(capsys, images, tmp_path):
     code = cli.main(["scan", str(images[0]), "-m", str(tmp_path / "no-model"), "-o", str(tmp_path / "r.txt")])
-    assert code == 2 and "--output must end in .csv or .jsonl" in capsys.readouterr().err
+    assert code == 2 and "--output must end in .csv, .jsonl or .parquet" in capsys.readouterr().err
 
 
 def test_resume_with_nothing_left_loads_no_model(capsys, model_dir, images, tmp_path):
