@@ -81,20 +81,20 @@ def run_scan(args: argparse.Namespace) -> int:
         "rule": args.frame_rule,
         "k": args.min_frames,
     }
-    started = time.perf_counter()
-    if args.engine == "ray":
+    if args.engine == "ray":  # Ray's start and the workers' model loads are part of its time
         from nsfw_space.bulk.ray_engine import RayOptions, scan_with_ray
 
         engine = RayOptions(args.ray_address, args.workers, args.gpus_per_worker, args.every)
+        started = time.perf_counter()
         summary = scan_with_ray(settings, plan, engine, **options)
+        seconds = time.perf_counter() - started
     else:
         classifier = NSFWClassifier.from_settings(settings)
         if args.every:
             classifier = classifier.with_limits(every=args.every)
         started = time.perf_counter()
         summary = scan(classifier, plan, **options)
-    seconds = time.perf_counter() - started
-    if args.engine != "ray":
+        seconds = time.perf_counter() - started
         _finish_builds(classifier)
     rate = summary.files / seconds if seconds > 0 else 0.0
     skipped = f", {summary.skipped} already done" if summary.skipped else ""

@@ -241,7 +241,7 @@ def read_batch(batch: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any
         elif kind == "url":
             read = lambda locator=locator: _fetch(fetch, locator)  # noqa: E731
         elif kind == "error":
-            read = lambda locator=locator: _fail(locator)  # noqa: E731
+            read = _raiser(InvalidImageError(locator))
         else:
             read = lambda blob=blob: bytes(blob)  # noqa: E731
         entry = load(Item(str(identity), str(path), read))
@@ -258,7 +258,3 @@ def _fetch(fetch: Any, url: str) -> bytes:
     if fetch is None:
         raise InvalidImageError("URLs are not fetched here (NSFW_SPACE_ALLOW_URLS is off)")
     return fetch(url)
-
-
-def _fail(reason: str) -> bytes:
-    raise InvalidImageError(reason)
