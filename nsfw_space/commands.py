@@ -47,19 +47,12 @@ def _review_note(count: int, policy: Policy) -> str:
 
 def run_scan(args: argparse.Namespace) -> int:
     from nsfw_space.bulk.scan import plan_scan, scan
-    from nsfw_space.bulk.sources import url_fetcher
+    from nsfw_space.bulk.sources import Inputs, url_fetcher
 
     settings = settings_from(args)
+    inputs = Inputs(tuple(args.paths), args.input_format, args.image_column, args.url_column, args.id_column)
     plan = plan_scan(  # inputs and output checked first
-        args.paths,
-        args.output,
-        args.resume,
-        input_format=args.input_format,
-        image_column=args.image_column,
-        url_column=args.url_column,
-        id_column=args.id_column,
-        max_bytes=settings.max_file_bytes,
-        fetch=url_fetcher(settings),
+        inputs, args.output, args.resume, max_bytes=settings.max_file_bytes, fetch=url_fetcher(settings)
     )
     if plan.total == 0:
         done = (

@@ -1,12 +1,13 @@
-"""``scan --engine ray``: the same items, the same row-making code, run on Ray Data.
+"""``scan --engine ray``: the same units, items and row-making code as the local engine, on Ray Data.
 
-Stages: the inputs are listed as small descriptors (ids and where to read), their bytes are read
-and hashed in Ray tasks (CPU), and a pool of actors, each holding one ``NSFWClassifier`` loaded
-once, turns batches into rows with :func:`nsfw_space.bulk.scan.score_rows` (the local engine's
-code). The driver receives the rows in input order and writes them through the local engine's
-:class:`~nsfw_space.bulk.scan.RowWriter`, flushing each, so ``--resume`` after a killed driver
-skips exactly the ids already written. A worker that dies is restarted by Ray and its batch
-retried; its rows reach the driver once.
+Stages: the driver lists the inputs' units (runs of file paths, Parquet row groups found from the
+footers, tar shards; never image bytes); Ray tasks (CPU) read them, from this machine's disks or
+from object storage, hash the bytes and pass on ids already written unread; a pool of actors, each
+holding one ``NSFWClassifier`` loaded once, turns batches into rows with
+:func:`nsfw_space.bulk.scan.score_rows` (the local engine's code). The driver receives the rows in
+input order and writes them through the local engine's :class:`~nsfw_space.bulk.scan.RowWriter`,
+flushing each, so ``--resume`` after a killed driver skips exactly the ids already written. A
+worker that dies is restarted by Ray and its batch retried; its rows reach the driver once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nsfw_space.bulk.scan import RowWriter, ScanPlan, ScanSummary, _progress, score_rows
-from nsfw_space.bulk.sources import Item, Loaded, load, read_batch
+from nsfw_space.bulk.sources import Item, Loaded, read_units
 from nsfw_space.config import Settings
 from nsfw_space.errors import ConfigError, InvalidImageError
 
@@ -31,6 +32,8 @@ class RayOptions:
     workers: int | None = None  # model actors (default: this machine's cores, or the cluster's CPUs)
     gpus_per_worker: float = 0.0
     every: float | None = None
+    readers: int = 2  # concurrent reading tasks
+    start_timeout: int = 600  # seconds to wait for every model actor to load before scoring
 
 
 def start_ray(options: RayOptions) -> Any:
@@ -39,12 +42,19 @@ def start_ray(options: RayOptions) -> Any:
         import ray
     except ImportError as err:
         raise ConfigError('The ray engine needs Ray: pip install "ray[data]" (or -e ".[scale]").') from err
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if ray.is_initialized():
+        return ray
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    try:
         if options.address:
             ray.init(address=options.address, **kwargs)
-        else:
-            ray.init(num_cpus=os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES, **kwargs)
+        else:  # "local": a new instance even where a cluster already runs on this machine
+            ray.init(
+                address="local", num_cpus=os.cpu_count(), object_store_memory=OBJECT_STORE_BYTES, **kwargs
+            )
+    except (ConnectionError, ValueError, RuntimeError) as err:
+        where = f"join the Ray cluster at {options.address}" if options.address else "start Ray here"
+        raise ConfigError(f"Could not {where}: {str(err).splitlines()[0]}") from err
     return ray
 
 
@@ -61,37 +71,25 @@ class _Scorer:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import json
 
+        columns = ("id", "path", "data", "sha256", "error", "skipped")
         loaded = [
             Loaded(
                 Item(str(identity), str(path), bytes),
                 bytes(data) if not error else InvalidImageError(str(error)),
                 sha or None,
             )
-            for identity, path, data, sha, error in zip(
-                batch["id"], batch["path"], batch["data"], batch["sha256"], batch["error"], strict=True
-            )
+            for identity, path, data, sha, error, skipped in zip(*(batch[c] for c in columns), strict=True)
+            if not skipped
         ]
-        rows = score_rows(self.classifier, loaded, **self.scoring)
-        return {"row": [json.dumps(row) for row in rows], "node": [_node_id()] * len(rows)}
+        rows = iter(score_rows(self.classifier, loaded, **self.scoring))
+        texts = ["" if skipped else json.dumps(next(rows)) for skipped in batch["skipped"]]
+        return {"row": texts, "node": [_node_id()] * len(texts)}
 
 
 def _node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
-
-
-def _descriptor(item: Item) -> dict[str, Any]:
-    """What a Ray task needs to read ``item``: a file's path, a URL, or bytes already in memory
-    (a Parquet cell, a tar member)."""
-    if item.url is not None:
-        return {"id": item.id, "path": item.path, "kind": "url", "locator": item.url, "blob": b""}
-    if item.id == item.path:  # a file of a folder scan
-        return {"id": item.id, "path": item.path, "kind": "file", "locator": item.path, "blob": b""}
-    entry = load(item)
-    if isinstance(entry.data, InvalidImageError):
-        return {"id": item.id, "path": item.path, "kind": "error", "locator": str(entry.data), "blob": b""}
-    return {"id": item.id, "path": item.path, "kind": "bytes", "locator": "", "blob": entry.data}
 
 
 def scan_with_ray(
@@ -111,50 +109,52 @@ def scan_with_ray(
     collects the id of the Ray node that scored each row."""
     import json
 
+    labels = model_labels(settings)  # the model is checked before Ray starts
     ray = start_ray(options)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # rows come back in input order
+    context.wait_for_min_actors_s = options.start_timeout  # every model actor up before scoring
     summary = ScanSummary(skipped=plan.skipped)
-    descriptors = []
-    for item in plan.items:
-        if item.id in plan.skip:
-            summary.skipped += 0 if isinstance(plan.items, list) else 1
-            continue
-        descriptors.append(_descriptor(item))
-    if not descriptors:
+    if not plan.units:
         return summary
     review = threshold if review_threshold is None else min(review_threshold, threshold)
     settings_values = asdict(settings)
     workers = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    units = _spread(plan.units, batch_size)
     scoring = {"threshold": threshold, "review": review, "batch_size": batch_size, "rule": rule, "k": k}
     dataset = (
-        ray.data.from_items(descriptors)
+        ray.data.from_items(units, override_num_blocks=len(units))
         # reading and hashing is light: it takes no CPU slot, so every core can hold a model actor
         .map_batches(
-            read_batch,  # defined where no torch is imported: read tasks start in a fraction of a second
-            fn_kwargs={"settings": settings_values},
-            batch_size=batch_size,
+            read_units,  # defined where no torch is imported: read tasks start in a fraction of a second
+            fn_kwargs={
+                "settings": settings_values,
+                "inputs": asdict(plan.inputs),
+                "skip": frozenset(plan.skip),
+            },
+            batch_size=1,
             num_cpus=0,
-            concurrency=2,
+            compute=ray.data.TaskPoolStrategy(size=options.readers),
         )
         .map_batches(
             _Scorer,
             fn_constructor_kwargs={"settings": settings_values, "every": options.every, "scoring": scoring},
             batch_size=batch_size,
-            concurrency=workers,
+            compute=ray.data.ActorPoolStrategy(size=workers),
             num_gpus=options.gpus_per_worker or None,
         )
     )
     writer: RowWriter | None = None
-    bar = _progress(len(descriptors), progress)
+    bar = _progress(plan.total, progress)
     try:
         for batch in dataset.iter_batches(batch_size=batch_size, batch_format="pandas"):
             for text, node in zip(batch["row"], batch["node"], strict=True):
+                if not text:  # an id already written: passed on unread
+                    summary.skipped += 1
+                    continue
                 row = json.loads(text)
                 if writer is None:
-                    writer = RowWriter(
-                        plan.output, plan.fmt, model_labels(settings), appending=plan.appending
-                    )
+                    writer = RowWriter(plan.output, plan.fmt, labels, appending=plan.appending)
                 summary.add(row)
                 writer.write(row)
                 if nodes is not None:
@@ -167,9 +167,31 @@ def scan_with_ray(
     return summary
 
 
+def _spread(units: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
+    """Runs of files cut to one batch each. A unit is read into one block and a block is scored by
+    one actor, so small units let every actor, on every node, take a share of a small folder. (A
+    Parquet row group or a tar shard stays one unit: it is read in one pass.)"""
+    spread = []
+    for unit in units:
+        if unit["format"] != "files":
+            spread.append(unit)
+            continue
+        for start in range(0, len(unit["files"]), batch_size):
+            spread.append({**unit, "files": unit["files"][start : start + batch_size]})
+    return spread
+
+
 def model_labels(settings: Settings) -> list[str]:
-    """The model's labels in order, from its config alone (the driver loads no weights)."""
+    """The model's labels in order, from its config alone (the driver loads no weights); a model
+    that cannot be found is a ModelLoadError here, before Ray starts."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(settings.model, revision=settings.revision)
+    from nsfw_space.errors import ModelLoadError
+    from nsfw_space.model.loading import describe_failure, locate_for_loading
+
+    source, local_only = locate_for_loading(settings.model, settings.revision)
+    try:
+        config = AutoConfig.from_pretrained(source, revision=settings.revision, local_files_only=local_only)
+    except Exception as err:  # every failure becomes the one model message
+        raise ModelLoadError(describe_failure(settings.model, settings.revision, err)) from err
     return [str(config.id2label[i]) for i in range(len(config.id2label))]

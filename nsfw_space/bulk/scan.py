@@ -17,7 +17,18 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from nsfw_space.bulk.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Item, Loaded, items_from, load, walk
+from nsfw_space.bulk.sources import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    Inputs,
+    Item,
+    Loaded,
+    items_from,
+    listing,
+    load,
+    units_of,
+    walk,
+)
 from nsfw_space.bulk.writers import csv_cell, csv_text
 from nsfw_space.errors import ConfigError, InvalidImageError
 from nsfw_space.model.classifier import NSFWClassifier
@@ -177,8 +188,9 @@ done_paths = done_ids  # the name earlier releases used
 
 @dataclass
 class ScanPlan:
-    """What a scan will do, worked out before any model is loaded. ``items`` is a list for files
-    (counted up front) and a lazy iterator for tables and shards."""
+    """What a scan will do, worked out before any model is loaded: the inputs, their units (see
+    :mod:`nsfw_space.bulk.sources`) and ``items``, a list for files (counted up front) and a lazy
+    iterator for tables and shards."""
 
     items: Iterable[Item]
     fmt: str
@@ -187,6 +199,8 @@ class ScanPlan:
     skipped: int = 0
     appending: bool = False
     total: int | None = None
+    inputs: Inputs = field(default_factory=lambda: Inputs(()))
+    units: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def files(self) -> list[str]:
@@ -195,47 +209,38 @@ class ScanPlan:
 
 
 def plan_scan(
-    paths: Iterable[str | Path],
+    paths: Iterable[str | Path] | Inputs,
     output: str | None = None,
     resume: bool = False,
     *,
-    input_format: str = "files",
-    image_column: str | None = None,
-    url_column: str | None = None,
-    id_column: str | None = None,
     max_bytes: int | None = None,
     fetch: Callable[[str], bytes] | None = None,
 ) -> ScanPlan:
-    """Check the inputs and the output, list the items, drop those ``--resume`` finds done.
+    """Check the inputs (``paths``: files and folders, or an :class:`Inputs`) and the output, list
+    the units and items, drop those ``--resume`` finds done.
 
     Raises ConfigError naming the first input that does not exist, or an output it cannot write.
     """
+    inputs = paths if isinstance(paths, Inputs) else Inputs(tuple(str(path) for path in paths))
     fmt = output_format(output)
-    paths = [Path(path) for path in paths]
-    missing = [str(path) for path in paths if not path.exists()]
-    if missing:
-        raise ConfigError(f"No such file or folder: {missing[0]}.")
+    inputs.check(url_fetching=fetch is not None)
     to_stdout = output is None or output == "-"
     if not to_stdout and not Path(output).resolve().parent.is_dir():
         raise ConfigError(f"The folder for the output {output!r} does not exist.")
-    items = items_from(
-        paths,
-        input_format,
-        image_column=image_column,
-        url_column=url_column,
-        id_column=id_column,
-        max_bytes=max_bytes,
-        fetch=fetch,
-    )
-    plan = ScanPlan(items=list(items) if input_format == "files" else items, fmt=fmt, output=output)
+    plan = ScanPlan(items=[], fmt=fmt, output=output, inputs=inputs)
     if resume and not to_stdout:
         plan.skip = done_ids(output, fmt)
         plan.appending = Path(output).is_file() and Path(output).stat().st_size > 0
-        if isinstance(plan.items, list):
-            plan.skipped = sum(1 for item in plan.items if item.id in plan.skip)
-            plan.items = [item for item in plan.items if item.id not in plan.skip]
-    if isinstance(plan.items, list):
+    if inputs.format == "files":  # listed up front: counted, and done ones dropped before reading
+        names = list(listing(inputs.paths, IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+        plan.skipped = sum(1 for name in names if name in plan.skip)
+        names = [name for name in names if name not in plan.skip]
+        plan.units = list(units_of(inputs, names))
+        plan.items = list(items_from(inputs, plan.units, max_bytes=max_bytes))
         plan.total = len(plan.items)
+    else:  # footers and shard names only: the rows stream when the scan runs
+        plan.units = list(units_of(inputs))
+        plan.items = items_from(inputs, plan.units, max_bytes=max_bytes, fetch=fetch)
     return plan
 
 

@@ -1,8 +1,11 @@
 """What a scan reads, for either engine: files and folders, Parquet tables (an image-bytes or a URL
-column) and WebDataset tar shards, each input an :class:`Item` with a stable ``id``.
+column) and WebDataset tar shards, on this machine or in object storage (``s3://``, ``gs://``,
+``abfs://``: any URI pyarrow's filesystems open), each input an :class:`Item` with a stable ``id``.
 
-Items are produced lazily (a Parquet table is read a record batch at a time, a tar shard member by
-member), and every read is bounded: no item's bytes are read past ``max_bytes``.
+Inputs are split into **units** before anything is read: a run of files, one row group of a Parquet
+file (found from its footer alone), one tar shard. The local engine reads the units in order; the
+Ray engine reads them in parallel tasks, so no machine holds more than a unit's bytes at once and
+the driver never reads an image. Every read is bounded: no item's bytes are read past ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from nsfw_space.config import Settings
 from nsfw_space.errors import ConfigError, InvalidImageError
@@ -21,6 +24,36 @@ from nsfw_space.errors import ConfigError, InvalidImageError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ico", ".jfif"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
 INPUT_FORMATS = ("files", "parquet", "webdataset")
+FILES_PER_UNIT = 64
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a scan reads: local paths or object-storage URIs, in one of :data:`INPUT_FORMATS`;
+    for Parquet, the column holding image bytes or URLs and, optionally, the id column."""
+
+    paths: tuple[str, ...]
+    format: str = "files"
+    image_column: str | None = None
+    url_column: str | None = None
+    id_column: str | None = None
+
+    def check(self, url_fetching: bool) -> None:
+        """Raise ConfigError for an unknown format, unusable columns or an input that does not exist."""
+        if self.format not in INPUT_FORMATS:
+            raise ConfigError(f"Unknown input format {self.format!r}; use {', '.join(INPUT_FORMATS)}.")
+        if self.format == "parquet":
+            if bool(self.image_column) == bool(self.url_column):
+                raise ConfigError("Give one of --image-column and --url-column for Parquet input.")
+            if self.url_column and not url_fetching:
+                raise ConfigError("URLs are not fetched here (NSFW_SPACE_ALLOW_URLS is off).")
+        missing = [path for path in self.paths if not exists(path)]
+        if missing:
+            raise ConfigError(f"No such file or folder: {missing[0]}.")
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in (self.image_column or self.url_column, self.id_column) if c]
 
 
 @dataclass(frozen=True)
@@ -31,7 +64,7 @@ class Item:
     id: str
     path: str
     read: Callable[[], bytes]
-    url: str | None = None  # for a URL cell: fetched where the item is read (a Ray task, say)
+    url: str | None = None  # for a URL cell: fetched where the item is read
 
 
 @dataclass(frozen=True)
@@ -54,22 +87,92 @@ def load(item: Item) -> Loaded:
     return Loaded(item, data, hashlib.sha256(data).hexdigest())
 
 
-def walk(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files named directly, and images/videos found recursively in folders, in a stable order."""
+# --- where inputs live: this machine, or object storage through pyarrow's filesystems ---------------
+def is_uri(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def _remote(uri: str) -> tuple[Any, str, str]:
+    """(filesystem, path inside it, scheme) for an object-storage URI."""
+    import pyarrow.fs as pafs
+
+    try:
+        filesystem, inner = pafs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise ConfigError(f"Cannot open {uri}: {err}") from err
+    return filesystem, inner, uri.split("://", 1)[0]
+
+
+def exists(path: str) -> bool:
+    if not is_uri(path):
+        return Path(path).exists()
+    import pyarrow.fs as pafs
+
+    filesystem, inner, _ = _remote(path)
+    try:
+        return filesystem.get_file_info(inner).type != pafs.FileType.NotFound
+    except OSError as err:
+        raise ConfigError(f"Cannot reach {path}: {err}") from err
+
+
+def open_stream(path: str) -> IO[bytes]:
+    """A readable binary stream of a local file or an object."""
+    if not is_uri(path):
+        return open(path, "rb")
+    filesystem, inner, _ = _remote(path)
+    return filesystem.open_input_stream(inner)
+
+
+def _open_random(path: str) -> Any:
+    if not is_uri(path):
+        return open(path, "rb")
+    filesystem, inner, _ = _remote(path)
+    return filesystem.open_input_file(inner)
+
+
+def listing(paths: Iterable[str | Path], suffixes: set[str]) -> Iterator[str]:
+    """Files named directly, and files with one of ``suffixes`` found recursively in folders (or
+    under URI prefixes), in a stable order."""
     for raw in paths:
+        if is_uri(raw):
+            yield from _remote_listing(str(raw), suffixes)
+            continue
         path = Path(raw)
         if path.is_dir():
             for root, dirs, files in os.walk(path):
                 dirs.sort()
                 for name in sorted(files):
-                    if Path(name).suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-                        yield Path(root) / name
+                    if Path(name).suffix.lower() in suffixes:
+                        yield str(Path(root) / name)
         else:
-            yield path
+            yield str(path)
+
+
+def _remote_listing(uri: str, suffixes: set[str]) -> Iterator[str]:
+    import pyarrow.fs as pafs
+
+    filesystem, inner, scheme = _remote(uri)
+    try:
+        if filesystem.get_file_info(inner).type == pafs.FileType.File:
+            yield uri
+            return
+        found = filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))
+    except OSError as err:
+        raise ConfigError(f"Cannot list {uri}: {err}") from err
+    query = f"?{uri.split('?', 1)[1]}" if "?" in uri else ""  # options such as ?endpoint_override=
+    names = sorted(f.path for f in found if f.type == pafs.FileType.File)
+    for name in names:
+        if PurePosixPath(name).suffix.lower() in suffixes:
+            yield f"{scheme}://{name}{query}"
+
+
+def walk(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Files named directly, and images/videos found recursively in folders, in a stable order."""
+    return (Path(name) for name in listing(paths, IMAGE_SUFFIXES | VIDEO_SUFFIXES))
 
 
 def read_file(path: str, max_bytes: int | None) -> bytes:
-    with open(path, "rb") as handle:
+    with open_stream(path) as handle:
         data = handle.read(-1 if max_bytes is None else max_bytes + 1)
     return _within(data, max_bytes)
 
@@ -80,46 +183,79 @@ def _within(data: bytes, max_bytes: int | None) -> bytes:
     return data
 
 
-def file_items(paths: Iterable[str | Path], max_bytes: int | None) -> Iterator[Item]:
-    for path in walk(paths):
-        name = str(path)
-        yield Item(name, name, lambda name=name: read_file(name, max_bytes))
+# --- units: what one reading task reads ------------------------------------------------------------
+def units_of(inputs: Inputs, files: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The units of ``inputs``, in order (``files``: the listed files, when the caller has them).
+    A unit is a plain dict (``format``, ``path``, ``files``, ``group``, ``first_row``) so it can
+    travel to a Ray task. Parquet files are checked here, from their footers."""
+    if inputs.format == "files":
+        names = files if files is not None else list(listing(inputs.paths, IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+        for start in range(0, len(names), FILES_PER_UNIT):
+            yield _unit("files", files=names[start : start + FILES_PER_UNIT])
+    elif inputs.format == "parquet":
+        for path in listing(inputs.paths, {".parquet"}):
+            yield from _row_groups(path, inputs)
+    else:
+        for path in listing(inputs.paths, {".tar"}):
+            yield _unit("webdataset", path=path)
 
 
-def parquet_items(
-    paths: Iterable[str | Path],
-    *,
-    image_column: str | None,
-    url_column: str | None,
-    id_column: str | None,
-    max_bytes: int | None,
-    fetch: Callable[[str], bytes] | None,
-) -> Iterator[Item]:
-    """One item per row of each Parquet file (folders: every ``*.parquet`` inside, sorted). The
-    image is the ``image_column`` cell (bytes, or a struct with ``bytes`` as Hugging Face
-    datasets store images) or the body of the ``url_column`` URL; the id is the ``id_column``
-    cell, else ``FILE#ROW``."""
+def _unit(fmt: str, path: str = "", files: list[str] | None = None, group: int = -1, first: int = 0) -> dict:
+    return {"format": fmt, "path": path, "files": files or [], "group": group, "first_row": first}
+
+
+def _row_groups(path: str, inputs: Inputs) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    if bool(image_column) == bool(url_column):
-        raise ConfigError("Give one of --image-column and --url-column for Parquet input.")
-    if url_column and fetch is None:
-        raise ConfigError("URLs are not fetched here (NSFW_SPACE_ALLOW_URLS is off).")
-    column = image_column or url_column
-    for path in _expand(paths, ".parquet"):
-        table = pq.ParquetFile(path)
-        names = set(table.schema_arrow.names)
-        for wanted in filter(None, (column, id_column)):
-            if wanted not in names:
-                raise ConfigError(f"{path} has no column {wanted!r} (it has {', '.join(sorted(names))}).")
-        row = 0
-        for batch in table.iter_batches(batch_size=256, columns=[c for c in (column, id_column) if c]):
+    try:
+        with _open_random(path) as handle:
+            metadata = pq.ParquetFile(handle).metadata
+    except (OSError, ValueError) as err:  # not a Parquet file: pyarrow's ArrowInvalid is a ValueError
+        raise ConfigError(f"{path} is not a Parquet table ({err}).") from err
+    names = set(metadata.schema.to_arrow_schema().names)
+    for wanted in inputs.columns:
+        if wanted not in names:
+            raise ConfigError(f"{path} has no column {wanted!r} (it has {', '.join(sorted(names))}).")
+    first = 0
+    for group in range(metadata.num_row_groups):
+        yield _unit("parquet", path=path, group=group, first=first)
+        first += metadata.row_group(group).num_rows
+
+
+def read_unit(
+    unit: dict[str, Any], inputs: Inputs, max_bytes: int | None, fetch: Callable[[str], bytes] | None
+) -> Iterator[Item]:
+    """The items of one unit, in order, read lazily (a Parquet row group a record batch at a time,
+    a tar shard member by member)."""
+    if unit["format"] == "files":
+        for name in unit["files"]:
+            yield Item(name, name, lambda name=name: read_file(name, max_bytes))
+    elif unit["format"] == "parquet":
+        yield from _parquet_rows(unit, inputs, max_bytes, fetch)
+    else:
+        yield from _shard_members(unit["path"], max_bytes)
+
+
+def _parquet_rows(
+    unit: dict[str, Any], inputs: Inputs, max_bytes: int | None, fetch: Callable[[str], bytes] | None
+) -> Iterator[Item]:
+    """One item per row: the image is the image cell (bytes, or a struct with ``bytes`` as Hugging
+    Face datasets store images) or the body of the URL cell; the id is the id cell, else ``FILE#ROW``."""
+    import pyarrow.parquet as pq
+
+    path, column = unit["path"], inputs.image_column or inputs.url_column
+    row = int(unit["first_row"])
+    with _open_random(path) as handle:
+        table = pq.ParquetFile(handle)
+        for batch in table.iter_batches(
+            batch_size=256, row_groups=[int(unit["group"])], columns=inputs.columns
+        ):
             cells = batch.column(column).to_pylist()
-            ids = batch.column(id_column).to_pylist() if id_column else [None] * len(cells)
+            ids = batch.column(inputs.id_column).to_pylist() if inputs.id_column else [None] * len(cells)
             for cell, cell_id in zip(cells, ids, strict=True):
                 identity = str(cell_id) if cell_id is not None else f"{path}#{row}"
-                reader = _cell_reader(cell, bool(url_column), max_bytes, fetch)
-                yield Item(identity, str(path), reader, url=str(cell) if url_column and cell else None)
+                reader = _cell_reader(cell, bool(inputs.url_column), max_bytes, fetch)
+                yield Item(identity, path, reader, url=str(cell) if inputs.url_column and cell else None)
                 row += 1
 
 
@@ -130,7 +266,9 @@ def _cell_reader(
         if is_url:
             if not isinstance(cell, str) or not cell.strip():
                 raise InvalidImageError("has no URL in its row")
-            return _within(fetch(cell.strip()), max_bytes)  # type: ignore[misc]
+            if fetch is None:
+                raise InvalidImageError("URLs are not fetched here (NSFW_SPACE_ALLOW_URLS is off)")
+            return _within(fetch(cell.strip()), max_bytes)
         value = cell.get("bytes") if isinstance(cell, dict) else cell
         if not isinstance(value, (bytes, bytearray)) or not value:
             raise InvalidImageError("has no image bytes in its row")
@@ -139,29 +277,27 @@ def _cell_reader(
     return read
 
 
-def webdataset_items(paths: Iterable[str | Path], max_bytes: int | None) -> Iterator[Item]:
-    """One item per image member of each WebDataset tar shard (``KEY.jpg`` and friends; folders:
-    every ``*.tar`` inside, sorted); the id is ``SHARD/KEY``. Members are read in order from
-    the stream, never extracted to disk."""
-    for path in _expand(paths, ".tar"):
-        try:
-            archive = tarfile.open(path, mode="r|*")  # noqa: SIM115 - closed by the with below
-        except (tarfile.TarError, OSError) as err:
-            raise ConfigError(f"{path} is not a tar shard ({err}).") from err
-        with archive:
-            for member in archive:
-                suffix = PurePosixPath(member.name).suffix.lower()
-                if not member.isfile() or suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-                    continue
-                key = member.name[: -len(suffix)]
-                identity = f"{Path(path).name}/{key}"
-                if max_bytes is not None and member.size > max_bytes:
-                    error = InvalidImageError(f"is larger than the {max_bytes // (1024 * 1024)} MB limit")
-                    yield Item(identity, str(path), _raiser(error))
-                    continue
-                handle = archive.extractfile(member)
-                data = handle.read() if handle is not None else b""
-                yield Item(identity, str(path), lambda data=data: data)
+def _shard_members(path: str, max_bytes: int | None) -> Iterator[Item]:
+    """One item per image member of a WebDataset tar shard (``KEY.jpg`` and friends), id
+    ``SHARD/KEY``; members are read in order from the stream, never extracted to disk."""
+    try:
+        stream = open_stream(path)
+        archive = tarfile.open(fileobj=stream, mode="r|*")  # noqa: SIM115 - closed by the with below
+    except (tarfile.TarError, OSError) as err:
+        raise ConfigError(f"{path} is not a tar shard ({err}).") from err
+    with stream, archive:
+        for member in archive:
+            suffix = PurePosixPath(member.name).suffix.lower()
+            if not member.isfile() or suffix not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+                continue
+            identity = f"{PurePosixPath(path.split('?', 1)[0]).name}/{member.name[: -len(suffix)]}"
+            if max_bytes is not None and member.size > max_bytes:
+                error = InvalidImageError(f"is larger than the {max_bytes // (1024 * 1024)} MB limit")
+                yield Item(identity, path, _raiser(error))
+                continue
+            handle = archive.extractfile(member)
+            data = handle.read() if handle is not None else b""
+            yield Item(identity, path, lambda data=data: data)
 
 
 def _raiser(error: InvalidImageError) -> Callable[[], bytes]:
@@ -171,42 +307,16 @@ def _raiser(error: InvalidImageError) -> Callable[[], bytes]:
     return read
 
 
-def _expand(paths: Iterable[str | Path], suffix: str) -> list[Path]:
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob(f"*{suffix}") if p.is_file())
-        else:
-            found.append(path)
-    return found
-
-
 def items_from(
-    paths: Iterable[str | Path],
-    input_format: str = "files",
+    inputs: Inputs,
+    units: Iterable[dict[str, Any]],
     *,
-    image_column: str | None = None,
-    url_column: str | None = None,
-    id_column: str | None = None,
     max_bytes: int | None = None,
     fetch: Callable[[str], bytes] | None = None,
 ) -> Iterator[Item]:
-    """The items of a scan's inputs in a stable order. Raises ConfigError for unusable inputs."""
-    if input_format == "files":
-        return file_items(paths, max_bytes)
-    if input_format == "parquet":
-        return parquet_items(
-            paths,
-            image_column=image_column,
-            url_column=url_column,
-            id_column=id_column,
-            max_bytes=max_bytes,
-            fetch=fetch,
-        )
-    if input_format == "webdataset":
-        return webdataset_items(paths, max_bytes)
-    raise ConfigError(f"Unknown input format {input_format!r}; use {', '.join(INPUT_FORMATS)}.")
+    """The items of ``units`` (of ``inputs``), in order: what the local engine reads."""
+    for unit in units:
+        yield from read_unit(unit, inputs, max_bytes, fetch)
 
 
 def url_fetcher(settings: Settings) -> Callable[[str], bytes] | None:
@@ -227,34 +337,37 @@ def url_fetcher(settings: Settings) -> Callable[[str], bytes] | None:
     return fetch
 
 
-def read_batch(batch: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """Read and hash a batch of item descriptors (``id``, ``path``, ``kind``: file, url, bytes or
-    error, ``locator``, ``blob``): the Ray engine's reading stage. Bytes out, or why not."""
+def read_units(
+    batch: dict[str, Any],
+    settings: dict[str, Any],
+    inputs: dict[str, Any],
+    skip: frozenset[str],
+) -> Iterator[dict[str, list]]:
+    """The Ray engine's reading stage: for each unit of ``batch``, its items read and hashed, a
+    batch of rows (``id``, ``path``, ``data``, ``sha256``, ``error``, ``skipped``) per 64 items.
+    An id in ``skip`` (already written) is passed on unread, marked skipped."""
     config = Settings(**settings)
+    spec = Inputs(**{**inputs, "paths": tuple(inputs["paths"])})
     fetch = url_fetcher(config)
-    out: dict[str, list] = {"id": [], "path": [], "data": [], "sha256": [], "error": []}
-    for identity, path, kind, locator, blob in zip(
-        batch["id"], batch["path"], batch["kind"], batch["locator"], batch["blob"], strict=True
-    ):
-        if kind == "file":
-            read = lambda locator=locator: read_file(locator, config.max_file_bytes)  # noqa: E731
-        elif kind == "url":
-            read = lambda locator=locator: _fetch(fetch, locator)  # noqa: E731
-        elif kind == "error":
-            read = _raiser(InvalidImageError(locator))
-        else:
-            read = lambda blob=blob: bytes(blob)  # noqa: E731
-        entry = load(Item(str(identity), str(path), read))
-        failed = isinstance(entry.data, InvalidImageError)
-        out["id"].append(entry.item.id)
-        out["path"].append(entry.item.path)
-        out["data"].append(b"" if failed else entry.data)
-        out["sha256"].append(entry.sha256 or "")
-        out["error"].append(str(entry.data) if failed else "")
-    return out
+    for index in range(len(batch["format"])):
+        unit = {key: batch[key][index] for key in ("format", "path", "files", "group", "first_row")}
+        unit["files"] = [str(name) for name in unit["files"]]
+        out = _empty()
+        for item in read_unit(unit, spec, config.max_file_bytes, fetch):
+            entry = Loaded(item, b"", None) if item.id in skip else load(item)
+            failed = isinstance(entry.data, InvalidImageError)
+            out["id"].append(item.id)
+            out["path"].append(item.path)
+            out["data"].append(b"" if failed else entry.data)
+            out["sha256"].append(entry.sha256 or "")
+            out["error"].append(str(entry.data) if failed else "")
+            out["skipped"].append(item.id in skip)
+            if len(out["id"]) >= 64:
+                yield out
+                out = _empty()
+        if out["id"]:
+            yield out
 
 
-def _fetch(fetch: Any, url: str) -> bytes:
-    if fetch is None:
-        raise InvalidImageError("URLs are not fetched here (NSFW_SPACE_ALLOW_URLS is off)")
-    return fetch(url)
+def _empty() -> dict[str, list]:
+    return {"id": [], "path": [], "data": [], "sha256": [], "error": [], "skipped": []}
