@@ -286,3 +286,18 @@ def test_calibrate_tab_makes_a_policy_this_session_uses_and_others_do_not(
     assert other.inner_text("#verdict") == verdict_before
     for tab in (before, page, other):
         tab.close()
+
+
+def test_the_footer_names_the_precision_served_at_each_page_load(page, classifier, monkeypatch):
+    from nsfw_space.model.classifier import NSFWClassifier
+
+    footer = page.locator("#served-by")
+    footer.wait_for()
+    assert "Running on CPU in fp32." in footer.inner_text()
+    # as when the int8 package built aside is swapped in while the Space runs
+    monkeypatch.setattr(NSFWClassifier, "precision", property(lambda self: "int8"))
+    page.reload()
+    page.wait_for_function(
+        "document.querySelector('#served-by') && document.querySelector('#served-by').innerText.includes('in int8')",
+        timeout=15_000,
+    )

@@ -7,6 +7,7 @@ JSON), ``/moderate_batch`` and ``/moderate_frames`` (see handlers.py).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ def create_demo(
                 inputs=[image.image],
                 label="Examples (safe for work)",
             )
-        gr.Markdown(footer_markdown(classifier))
+        footer = gr.Markdown(footer_markdown(classifier), elem_id="served-by")
+        # read again at each page load: once an int8 package is swapped in, the footer says int8
+        demo.load(functools.partial(footer_markdown, classifier), outputs=footer, **HIDDEN)
         page = layout.Page(threshold, image, batch, video, calibrate, gr.State(None))
         _wire_api(views, page)
         _wire_page(views, page)
