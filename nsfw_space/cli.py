@@ -115,6 +115,12 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
     scan.add_argument(
         "--gpus-per-worker", type=_unit_float, default=0.0, help="ray: GPUs per worker (0 to 1)"
     )
+    scan.add_argument(
+        "--decode-stage",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ray: decode on CPU actors of their own (auto: when workers use GPUs)",
+    )
     scan.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     scan.set_defaults(run=commands.run_scan)
     return scan

@@ -77,7 +77,10 @@ def run_scan(args: argparse.Namespace) -> int:
     if args.engine == "ray":  # Ray's start and the workers' model loads are part of its time
         from nsfw_space.bulk.ray_engine import RayOptions, scan_with_ray
 
-        engine = RayOptions(args.ray_address, args.workers, args.gpus_per_worker, args.every)
+        decode = {"auto": None, "on": True, "off": False}[args.decode_stage]
+        engine = RayOptions(
+            args.ray_address, args.workers, args.gpus_per_worker, args.every, decode_stage=decode
+        )
         started = time.perf_counter()
         summary = scan_with_ray(settings, plan, engine, **options)
         seconds = time.perf_counter() - started

@@ -302,6 +302,26 @@ def test_the_ray_engine_gives_the_local_engines_rows_for_40_mixed_inputs(
 
 
 @pytest.mark.slow
+def test_a_decode_stage_of_its_own_gives_the_same_rows(mixed_inputs, model_dir, ray_cluster, tmp_path):
+    """``--decode-stage on`` (the default when workers use GPUs): frames are decoded on a CPU actor
+    and only the model runs in the model actor; the GIF's frames, the broken file's error and
+    every score come out as the local engine's."""
+    inputs, extra, _ = mixed_inputs["files"]
+    outputs = {}
+    for engine, more in (("local", []), ("ray", ["--ray-address", ray_cluster, "--decode-stage", "on"])):
+        out = tmp_path / f"{engine}.jsonl"
+        args = ["scan", *inputs, "-m", str(model_dir), *extra, "-o", str(out), "--engine", engine, "-q"]
+        result = run_cli(*args, *more)
+        assert result.returncode == 0, result.stderr
+        outputs[engine] = _rows_of(out)
+    assert "MapBatches(_Decoding)" in result.stderr  # Ray's execution plan: the stage ran
+    _same_rows(outputs["ray"], outputs["local"])
+    gif = next(row for row in outputs["ray"] if row["id"].endswith("clip.gif"))
+    assert gif["nsfw_score"] is not None and not gif["error"]
+    assert sum(1 for row in outputs["ray"] if row["error"]) == 1
+
+
+@pytest.mark.slow
 def test_a_two_node_cluster_shares_the_work_and_gives_the_same_rows(
     mixed_inputs, by_files, model_dir, ray_cluster, tmp_path
 ):

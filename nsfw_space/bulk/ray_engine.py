@@ -33,6 +33,8 @@ class RayOptions:
     gpus_per_worker: float = 0.0
     every: float | None = None
     readers: int = 2  # concurrent reading tasks
+    decode_stage: bool | None = None  # decode in CPU actors of their own (None: when workers use GPUs)
+    decoders: int | None = None  # decoding actors (default: the CPUs the model actors leave)
     start_timeout: int = 600  # seconds to wait for every model actor to load before scoring
 
 
@@ -71,19 +73,110 @@ class _Scorer:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import json
 
-        columns = ("id", "path", "data", "sha256", "error", "skipped")
-        loaded = [
-            Loaded(
-                Item(str(identity), str(path), bytes),
-                bytes(data) if not error else InvalidImageError(str(error)),
-                sha or None,
-            )
-            for identity, path, data, sha, error, skipped in zip(*(batch[c] for c in columns), strict=True)
-            if not skipped
-        ]
-        rows = iter(score_rows(self.classifier, loaded, **self.scoring))
+        if "pixels" in batch:  # decoded by the decode stage: only the model runs here
+            scorer, loaded = _predecoded(self.classifier, batch)
+        else:
+            scorer, loaded = self.classifier, _read(batch)
+        rows = iter(score_rows(scorer, loaded, **self.scoring))
         texts = ["" if skipped else json.dumps(next(rows)) for skipped in batch["skipped"]]
         return {"row": texts, "node": [_node_id()] * len(texts)}
+
+
+def _entry(identity: Any, path: Any, data: Any, sha: Any, error: Any) -> Loaded:
+    outcome = InvalidImageError(str(error)) if error else data
+    return Loaded(Item(str(identity), str(path), bytes), outcome, sha or None)
+
+
+def _read(batch: dict[str, Any]) -> list[Loaded]:
+    columns = ("id", "path", "data", "sha256", "error", "skipped")
+    return [
+        _entry(identity, path, bytes(data), sha, error)
+        for identity, path, data, sha, error, skipped in zip(*(batch[c] for c in columns), strict=True)
+        if not skipped
+    ]
+
+
+class _Decoding:
+    """A Ray actor on a CPU: read inputs in, their frames decoded and preprocessed out (with the
+    classifier's own :class:`~nsfw_space.model.preprocess.Decoder`), so model actors on GPUs
+    only run the model. A file that does not decode keeps its sha256 and gets its error."""
+
+    def __init__(self, settings: dict[str, Any], every: float | None) -> None:
+        from nsfw_space.model.loading import load_processor
+        from nsfw_space.model.preprocess import Decoder, Preprocessor
+
+        config = Settings(**settings)
+        processor = load_processor(config.model, revision=config.revision)
+        self.decoder = Decoder(Preprocessor(processor), config.decode_limits, config.frames, every)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        import numpy as np
+
+        out: dict[str, list] = {key: list(batch[key]) for key in ("id", "path", "sha256", "skipped")}
+        out.update(error=[], pixels=[], shape=[], times=[])
+        for data, error, skipped in zip(batch["data"], batch["error"], batch["skipped"], strict=True):
+            pixels, shape, times = b"", "", ""
+            if not skipped and not error:
+                try:
+                    decoded = self.decoder.decode(bytes(data))
+                except InvalidImageError as err:
+                    error = str(err)
+                else:
+                    pixels = np.ascontiguousarray(decoded.pixels, dtype=np.float32).tobytes()
+                    shape, times = json.dumps(decoded.pixels.shape), json.dumps(decoded.times)
+            out["error"].append(error)
+            out["pixels"].append(pixels)
+            out["shape"].append(shape)
+            out["times"].append(times)
+        return out
+
+
+class _PreDecoded:
+    """The classifier with decoding done elsewhere: ``decode`` looks an input's frames up by its
+    id; batching, the model and the predictions are the classifier's own pipeline."""
+
+    def __init__(self, classifier: Any, decoded: dict[str, Any]) -> None:
+        self.classifier, self.decoded = classifier, decoded
+        self.device, self.labels = classifier.device, classifier.labels
+
+    def decode(self, source: str, budget: Any = None) -> Any:
+        return self.decoded[source]
+
+    def probabilities(self, pixels: Any) -> Any:
+        return self.classifier.probabilities(pixels)
+
+    def make_prediction(self, *args: Any, **kwargs: Any) -> Any:
+        return self.classifier.make_prediction(*args, **kwargs)
+
+    def iter_predictions(self, sources: list[str], batch_size: int = 16, *, rule: str = "max", k: int = 1):
+        from nsfw_space.model.pipeline import iter_predictions
+
+        return iter_predictions(self, sources, batch_size, rule=rule, k=k)
+
+
+def _predecoded(classifier: Any, batch: dict[str, Any]) -> tuple[_PreDecoded, list[Loaded]]:
+    import json
+
+    import numpy as np
+
+    from nsfw_space.model.preprocess import Decoded
+
+    decoded: dict[str, Any] = {}
+    loaded = []
+    columns = ("id", "path", "sha256", "error", "skipped", "pixels", "shape", "times")
+    for identity, path, sha, error, skipped, pixels, shape, times in zip(
+        *(batch[c] for c in columns), strict=True
+    ):
+        if skipped:
+            continue
+        if not error:
+            array = np.frombuffer(bytes(pixels), dtype=np.float32).reshape(json.loads(shape))
+            frame_times = json.loads(times)
+            decoded[str(identity)] = Decoded(array, tuple(frame_times) if frame_times else None)
+        loaded.append(_entry(identity, path, str(identity), sha, error))  # the data: the id to look up
+    return _PreDecoded(classifier, decoded), loaded
 
 
 def _node_id() -> str:
@@ -119,7 +212,7 @@ def scan_with_ray(
         return summary
     review = threshold if review_threshold is None else min(review_threshold, threshold)
     settings_values = asdict(settings)
-    workers = options.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers, decoders = _pools(options, ray.cluster_resources())
     units = _spread(plan.units, batch_size)
     scoring = {"threshold": threshold, "review": review, "batch_size": batch_size, "rule": rule, "k": k}
     dataset = (
@@ -136,13 +229,22 @@ def scan_with_ray(
             num_cpus=0,
             compute=ray.data.TaskPoolStrategy(size=options.readers),
         )
-        .map_batches(
-            _Scorer,
-            fn_constructor_kwargs={"settings": settings_values, "every": options.every, "scoring": scoring},
+    )
+    if decoders:  # decoding on CPU actors of its own, so the model actors only run the model
+        dataset = dataset.map_batches(
+            _Decoding,
+            fn_constructor_kwargs={"settings": settings_values, "every": options.every},
             batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_gpus=options.gpus_per_worker or None,
+            compute=ray.data.ActorPoolStrategy(size=decoders),
+            num_cpus=1,
         )
+    dataset = dataset.map_batches(
+        _Scorer,
+        fn_constructor_kwargs={"settings": settings_values, "every": options.every, "scoring": scoring},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=0 if options.gpus_per_worker else 1,
+        num_gpus=options.gpus_per_worker or None,
     )
     writer: RowWriter | None = None
     bar = _progress(plan.total, progress)
@@ -165,6 +267,21 @@ def scan_with_ray(
         if writer is not None:
             writer.close()
     return summary
+
+
+def _pools(options: RayOptions, resources: dict[str, float]) -> tuple[int, int]:
+    """(model actors, decoding actors; 0 for no decode stage). By default a model actor per GPU
+    share (with GPUs, decoding then gets every CPU) or per CPU (decoding inside the actors)."""
+    cpus = max(1, int(resources.get("CPU", 1)))
+    gpus = options.gpus_per_worker
+    decode = options.decode_stage if options.decode_stage is not None else bool(gpus)
+    default_workers = max(1, int(resources.get("GPU", 0) / gpus)) if gpus else cpus
+    if not decode:
+        return options.workers or default_workers, 0
+    if gpus:
+        return options.workers or default_workers, options.decoders or cpus
+    decoders = options.decoders or 1  # on CPUs only: one core decodes, the others run the model
+    return options.workers or max(1, cpus - decoders), decoders
 
 
 def _spread(units: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:

@@ -17,14 +17,14 @@ from PIL import Image
 from nsfw_space.config import DEFAULT_MODEL, Settings
 from nsfw_space.errors import InvalidImageError
 from nsfw_space.media.budgets import DEFAULT_MAX_PIXELS, DecodeLimits, PixelBudget
-from nsfw_space.media.images import ImageSource, describe, frame_time, load_frames
+from nsfw_space.media.images import ImageSource, describe
 from nsfw_space.model.device import int8_choice, resolve_device, resolve_precision
 from nsfw_space.model.labels import find_nsfw_indices
 from nsfw_space.model.loading import load_model_and_processor
 from nsfw_space.model.optimize import eager_forward
 from nsfw_space.model.pipeline import iter_predictions
 from nsfw_space.model.prediction import Prediction, source_name
-from nsfw_space.model.preprocess import Decoded, Preprocessor
+from nsfw_space.model.preprocess import Decoded, Decoder, Preprocessor
 from nsfw_space.model.runner import ForwardPlan, Runner, prepared_model
 
 logger = logging.getLogger(__name__)
@@ -289,14 +289,12 @@ class NSFWClassifier:
     ) -> list[Image.Image]:
         """Decode ``source`` into RGB frames (one for a still image), within the decode limits and
         the request's pixel ``budget``; frames come back no larger than twice the model's input."""
-        return load_frames(
-            source,
-            self.frames if frames is None else frames,
-            limits=self.limits,
-            budget=budget,
-            draft_size=(2 * self._input_size[1], 2 * self._input_size[0]),
-            every=self.every,
-        )
+        return self.decoder.load(source, frames, budget)
+
+    @property
+    def decoder(self) -> Decoder:
+        """This classifier's decoding (its limits, frame sampling and preprocessing), model-free."""
+        return Decoder(self._preprocessor, self.limits, self.frames, self.every)
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One RGB image -> the model's input, a float32 array of shape (3, H, W)."""
@@ -382,9 +380,7 @@ class NSFWClassifier:
 
     def decode(self, source: ImageSource, budget: PixelBudget | None = None) -> Decoded:
         """Decode and preprocess ``source`` (all its sampled frames). Raises InvalidImageError."""
-        frames = self.load(source, budget=budget)
-        times = tuple(frame_time(frame) for frame in frames) if len(frames) > 1 else None
-        return Decoded(np.stack([self.preprocess(frame) for frame in frames]), times)
+        return self.decoder.decode(source, budget)
 
     def predict_batch(
         self, sources: Iterable[ImageSource], batch_size: int = 16, *, rule: str = "max", k: int = 1

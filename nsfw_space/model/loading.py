@@ -55,6 +55,20 @@ def load_model_and_processor(
     return classifier, processor
 
 
+def load_processor(model: str, *, revision: str | None = None) -> Any:
+    """The model's image processor alone (no weights), or ModelLoadError as for the model."""
+    from transformers import AutoImageProcessor
+
+    source, local_only = locate_for_loading(model, revision)
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": local_only}
+    if revision and not Path(source).is_dir():
+        kwargs["revision"] = revision
+    try:
+        return AutoImageProcessor.from_pretrained(source, **kwargs)
+    except Exception as err:
+        raise ModelLoadError(describe_failure(model, revision, err)) from err
+
+
 def locate_for_loading(model: str, revision: str | None, setting: str = DEFAULT_SETTING) -> tuple[str, bool]:
     """(what to pass to from_pretrained, local_files_only), or ModelLoadError without touching the
     network when the directory is missing or the hub is unreachable and the model is not cached."""

@@ -10,6 +10,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from nsfw_space.media.budgets import DecodeLimits, PixelBudget
+from nsfw_space.media.images import ImageSource, frame_time, load_frames
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -59,3 +62,35 @@ def _preprocess_plan(processor: Any) -> tuple[tuple[int, int], tuple | None]:
         return (height, width), (resample, scale, mean, std)
     edge = size.get("shortest_edge") or size.get("height") or 224
     return (int(edge), int(edge)), None
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """What a classifier does before its model: ``source`` -> frames sampled and decoded within
+    ``limits`` (``frames`` evenly spaced, or about one every ``every`` seconds), each preprocessed.
+    Needs no weights, so it can run where no model is (the Ray engine's decode stage)."""
+
+    preprocessor: Preprocessor
+    limits: DecodeLimits
+    frames: int = 8
+    every: float | None = None
+
+    def load(
+        self, source: ImageSource, frames: int | None = None, budget: PixelBudget | None = None
+    ) -> list[Image.Image]:
+        """RGB frames of ``source`` (one for a still image), no larger than twice the model's input."""
+        height, width = self.preprocessor.input_size
+        return load_frames(
+            source,
+            self.frames if frames is None else frames,
+            limits=self.limits,
+            budget=budget,
+            draft_size=(2 * width, 2 * height),
+            every=self.every,
+        )
+
+    def decode(self, source: ImageSource, budget: PixelBudget | None = None) -> Decoded:
+        """Decode and preprocess ``source`` (all its sampled frames). Raises InvalidImageError."""
+        frames = self.load(source, budget=budget)
+        times = tuple(frame_time(frame) for frame in frames) if len(frames) > 1 else None
+        return Decoded(np.stack([self.preprocessor(frame) for frame in frames]), times)
