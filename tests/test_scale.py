@@ -279,21 +279,38 @@ def ray_cluster(s3):
     cluster.shutdown()
 
 
+def _local_rows(classifier, inputs, extra, env, out):
+    """The local engine's rows for the same arguments, through the Python API (the CLI's engine,
+    without a second model load per run)."""
+    from nsfw_space import Settings
+    from nsfw_space.bulk.scan import plan_scan, scan
+    from nsfw_space.bulk.sources import Inputs, url_fetcher
+
+    options = dict(zip(extra[::2], extra[1::2], strict=True))
+    spec = Inputs(
+        tuple(inputs),
+        options.get("--input-format", "files"),
+        options.get("--image-column"),
+        options.get("--url-column"),
+        options.get("--id-column"),
+    )
+    fetch = url_fetcher(Settings(allow_private_urls=bool(env)))
+    scan(classifier, plan_scan(spec, str(out), fetch=fetch), progress=False)
+    return _rows_of(out)
+
+
 @pytest.mark.slow
 def test_the_ray_engine_gives_the_local_engines_rows_for_40_mixed_inputs(
-    mixed_inputs, model_dir, ray_cluster, tmp_path
+    mixed_inputs, model_dir, classifier, ray_cluster, tmp_path
 ):
     total = 0
     for name, (inputs, extra, env) in mixed_inputs.items():
-        outputs = {}
-        for engine in ("local", "ray"):
-            out = tmp_path / f"{name}-{engine}.jsonl"
-            args = ["scan", *inputs, "-m", str(model_dir), *extra, "-o", str(out), "--engine", engine, "-q"]
-            if engine == "ray":
-                args += ["--ray-address", ray_cluster]
-            result = run_cli(*args, env_extra=env)
-            assert result.returncode == 0, result.stderr
-            outputs[engine] = _rows_of(out)
+        outputs = {"local": _local_rows(classifier, inputs, extra, env, tmp_path / f"{name}-local.jsonl")}
+        out = tmp_path / f"{name}-ray.jsonl"
+        args = ["scan", *inputs, "-m", str(model_dir), *extra, "-o", str(out), "--engine", "ray", "-q"]
+        result = run_cli(*args, "--ray-address", ray_cluster, env_extra=env)
+        assert result.returncode == 0, result.stderr
+        outputs["ray"] = _rows_of(out)
         _same_rows(outputs["ray"], outputs["local"])
         total += len(outputs["ray"])
         errors = [row for row in outputs["ray"] if row["error"]]
@@ -302,18 +319,19 @@ def test_the_ray_engine_gives_the_local_engines_rows_for_40_mixed_inputs(
 
 
 @pytest.mark.slow
-def test_a_decode_stage_of_its_own_gives_the_same_rows(mixed_inputs, model_dir, ray_cluster, tmp_path):
+def test_a_decode_stage_of_its_own_gives_the_same_rows(
+    mixed_inputs, model_dir, classifier, ray_cluster, tmp_path
+):
     """``--decode-stage on`` (the default when workers use GPUs): frames are decoded on a CPU actor
     and only the model runs in the model actor; the GIF's frames, the broken file's error and
     every score come out as the local engine's."""
-    inputs, extra, _ = mixed_inputs["files"]
-    outputs = {}
-    for engine, more in (("local", []), ("ray", ["--ray-address", ray_cluster, "--decode-stage", "on"])):
-        out = tmp_path / f"{engine}.jsonl"
-        args = ["scan", *inputs, "-m", str(model_dir), *extra, "-o", str(out), "--engine", engine, "-q"]
-        result = run_cli(*args, *more)
-        assert result.returncode == 0, result.stderr
-        outputs[engine] = _rows_of(out)
+    inputs, extra, env = mixed_inputs["files"]
+    outputs = {"local": _local_rows(classifier, inputs, extra, env, tmp_path / "local.jsonl")}
+    out = tmp_path / "ray.jsonl"
+    args = ["scan", *inputs, "-m", str(model_dir), "-o", str(out), "--engine", "ray", "-q"]
+    result = run_cli(*args, "--ray-address", ray_cluster, "--decode-stage", "on")
+    assert result.returncode == 0, result.stderr
+    outputs["ray"] = _rows_of(out)
     assert "MapBatches(_Decoding)" in result.stderr  # Ray's execution plan: the stage ran
     _same_rows(outputs["ray"], outputs["local"])
     gif = next(row for row in outputs["ray"] if row["id"].endswith("clip.gif"))
