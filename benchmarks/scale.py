@@ -63,6 +63,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--model", default=None)
     parser.add_argument("--workdir", default="/tmp/nsfw-scale")
+    parser.add_argument("--precision", default="fp32", help="the same for every engine (default fp32)")
     args = parser.parse_args()
 
     from nsfw_space.model.device import cpu_description
@@ -79,12 +80,13 @@ def main() -> None:
     if not args.model and not (work / "tiny" / "config.json").exists():
         build_model_dir(work / "tiny")
     scan = [sys.executable, "-m", "nsfw_space", "scan", str(folder), "-m", model, "-q"]
+    scan += ["--precision", args.precision]  # fp32: no int8 build aside in any engine's time
     runs = {
         "local engine": [],
-        "ray engine, 1 worker": ["--engine", "ray", "--workers", "1"],
+        "ray engine, 1 worker": ["--engine", "ray", "--workers", "1"],  # holding both cores
         "ray engine, 2 workers": ["--engine", "ray", "--workers", "2"],
     }
-    print(f"CPU: {cpu_description()}; {args.images} JPEGs of 320x240; model {model}")
+    print(f"CPU: {cpu_description()}; {args.images} JPEGs of 320x240; model {model} in {args.precision}")
     print(f"{'engine':<24} {'seconds':>8} {'images/s':>9} {'peak MB':>8} {'rows':>6}")
     reference = None
     for name, extra in runs.items():

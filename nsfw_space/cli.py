@@ -116,6 +116,12 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
         "--gpus-per-worker", type=_unit_float, default=0.0, help="ray: GPUs per worker (0 to 1)"
     )
     scan.add_argument(
+        "--cpus-per-worker",
+        type=_positive_int,
+        default=None,
+        help="ray: CPUs (torch threads) per worker (default: shared out on one machine, 1 on a cluster)",
+    )
+    scan.add_argument(
         "--decode-stage",
         choices=("auto", "on", "off"),
         default="auto",

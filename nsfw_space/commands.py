@@ -79,7 +79,12 @@ def run_scan(args: argparse.Namespace) -> int:
 
         decode = {"auto": None, "on": True, "off": False}[args.decode_stage]
         engine = RayOptions(
-            args.ray_address, args.workers, args.gpus_per_worker, args.every, decode_stage=decode
+            args.ray_address,
+            args.workers,
+            args.gpus_per_worker,
+            args.every,
+            decode_stage=decode,
+            cpus_per_worker=args.cpus_per_worker,
         )
         started = time.perf_counter()
         summary = scan_with_ray(settings, plan, engine, **options)

@@ -494,3 +494,19 @@ def test_the_ray_engine_refuses_a_missing_model_before_starting_ray(mixed_inputs
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "Could not load the model" in result.stderr and not (tmp_path / "o.csv").exists()
+
+
+def test_the_ray_pools_share_out_cpus_and_gpus():
+    """How many model and decoding actors a scan asks Ray for, and how many CPUs (torch threads)
+    each model actor holds: Ray gives an actor's torch as many threads as it holds CPUs."""
+    from nsfw_space.bulk.ray_engine import RayOptions, _pools
+
+    machine = {"CPU": 8.0}
+    assert _pools(RayOptions(), machine, one_node=True) == (8, 1, 0)  # an actor per core
+    assert _pools(RayOptions(workers=2), machine, one_node=True) == (2, 4, 0)  # 4 threads each
+    assert _pools(RayOptions(workers=2), machine, one_node=False) == (2, 1, 0)  # a cluster: 1 each
+    assert _pools(RayOptions(workers=2, cpus_per_worker=3), machine, one_node=False) == (2, 3, 0)
+    assert _pools(RayOptions(decode_stage=True), machine, one_node=True) == (7, 1, 1)
+    gpu_node = {"CPU": 16.0, "GPU": 2.0}
+    assert _pools(RayOptions(gpus_per_worker=0.5), gpu_node, one_node=True) == (4, 1, 12)  # decode on
+    assert _pools(RayOptions(gpus_per_worker=1, decode_stage=False), gpu_node, one_node=True) == (2, 1, 0)

@@ -35,6 +35,7 @@ class RayOptions:
     readers: int = 2  # concurrent reading tasks
     decode_stage: bool | None = None  # decode in CPU actors of their own (None: when workers use GPUs)
     decoders: int | None = None  # decoding actors (default: the CPUs the model actors leave)
+    cpus_per_worker: int | None = None  # CPUs (torch threads) per model actor; see _pools
     start_timeout: int = 600  # seconds to wait for every model actor to load before scoring
 
 
@@ -212,7 +213,7 @@ def scan_with_ray(
         return summary
     review = threshold if review_threshold is None else min(review_threshold, threshold)
     settings_values = asdict(settings)
-    workers, decoders = _pools(options, ray.cluster_resources())
+    workers, cpus_each, decoders = _pools(options, ray.cluster_resources(), one_node=not options.address)
     units = _spread(plan.units, batch_size)
     scoring = {"threshold": threshold, "review": review, "batch_size": batch_size, "rule": rule, "k": k}
     dataset = (
@@ -243,7 +244,7 @@ def scan_with_ray(
         fn_constructor_kwargs={"settings": settings_values, "every": options.every, "scoring": scoring},
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=0 if options.gpus_per_worker else 1,
+        num_cpus=cpus_each,
         num_gpus=options.gpus_per_worker or None,
     )
     writer: RowWriter | None = None
@@ -269,19 +270,24 @@ def scan_with_ray(
     return summary
 
 
-def _pools(options: RayOptions, resources: dict[str, float]) -> tuple[int, int]:
-    """(model actors, decoding actors; 0 for no decode stage). By default a model actor per GPU
-    share (with GPUs, decoding then gets every CPU) or per CPU (decoding inside the actors)."""
+def _pools(options: RayOptions, resources: dict[str, float], one_node: bool) -> tuple[int, int, int]:
+    """(model actors, CPUs each, decoding actors; 0 for no decode stage).
+
+    With GPUs: a model actor per GPU share, and the CPUs left decode. On CPUs: a model actor per
+    CPU, or ``--workers`` of them; torch in an actor runs as many threads as CPUs it holds (Ray
+    sets OMP_NUM_THREADS), so where Ray was started here the CPUs are shared out among the actors
+    (on a cluster, whose nodes may differ, each holds ``--cpus-per-worker``, default 1)."""
     cpus = max(1, int(resources.get("CPU", 1)))
     gpus = options.gpus_per_worker
     decode = options.decode_stage if options.decode_stage is not None else bool(gpus)
-    default_workers = max(1, int(resources.get("GPU", 0) / gpus)) if gpus else cpus
-    if not decode:
-        return options.workers or default_workers, 0
     if gpus:
-        return options.workers or default_workers, options.decoders or cpus
-    decoders = options.decoders or 1  # on CPUs only: one core decodes, the others run the model
-    return options.workers or max(1, cpus - decoders), decoders
+        workers = options.workers or max(1, int(resources.get("GPU", 0) / gpus))
+        decoders = (options.decoders or max(1, cpus - workers)) if decode else 0
+        return workers, options.cpus_per_worker or 1, decoders
+    decoders = (options.decoders or 1) if decode else 0  # on CPUs: one decodes, the rest run the model
+    workers = options.workers or max(1, cpus - decoders)
+    shared = max(1, (cpus - decoders) // workers) if one_node else 1
+    return workers, options.cpus_per_worker or shared, decoders
 
 
 def _spread(units: list[dict[str, Any]], batch_size: int) -> list[dict[str, Any]]:
