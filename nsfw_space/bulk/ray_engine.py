@@ -4,9 +4,10 @@ Stages: the driver lists the inputs' units (runs of file paths, Parquet row grou
 footers, tar shards; never image bytes); Ray tasks (CPU) read them, from this machine's disks or
 from object storage, hash the bytes and pass on ids already written unread; a pool of actors, each
 holding one ``NSFWClassifier`` loaded once, turns batches into rows with
-:func:`nsfw_space.bulk.scan.score_rows` (the local engine's code). The driver receives the rows in
-input order and writes them through the local engine's :class:`~nsfw_space.bulk.scan.RowWriter`,
-flushing each, so ``--resume`` after a killed driver skips exactly the ids already written. A
+:func:`nsfw_space.bulk.scan.score_rows` (the local engine's code). The driver receives the rows as
+they are scored (not in input order: keeping order made the actors wait for each other) and writes
+them through the local engine's :class:`~nsfw_space.bulk.scan.RowWriter`, flushing each, so
+``--resume`` after a killed driver skips exactly the ids already written. A
 worker that dies is restarted by Ray and its batch retried; its rows reach the driver once.
 """
 
@@ -199,14 +200,14 @@ def scan_with_ray(
     k: int = 1,
     nodes: list[str] | None = None,
 ) -> ScanSummary:
-    """Score ``plan``'s inputs on Ray and write their rows, in input order; ``nodes`` (if given)
+    """Score ``plan``'s inputs on Ray and write their rows as they are scored; ``nodes`` (if given)
     collects the id of the Ray node that scored each row."""
     import json
 
     labels = model_labels(settings)  # the model is checked before Ray starts
     ray = start_ray(options)
     context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # rows come back in input order
+    context.execution_options.preserve_order = False  # rows are written as they finish (resume is by id)
     context.wait_for_min_actors_s = options.start_timeout  # every model actor up before scoring
     summary = ScanSummary(skipped=plan.skipped)
     if not plan.units:
