@@ -21,6 +21,8 @@ _PUBLIC = {
     "DEFAULT_MODEL": "nsfw_space.config",
     "Settings": "nsfw_space.config",
     "ConfigError": "nsfw_space.errors",
+    "ExplainError": "nsfw_space.errors",
+    "Explanation": "nsfw_space.model.explain",
     "InvalidImageError": "nsfw_space.errors",
     "ModelLoadError": "nsfw_space.errors",
     "NSFWSpaceError": "nsfw_space.errors",
@@ -29,6 +31,8 @@ _PUBLIC = {
 __all__ = [
     "DEFAULT_MODEL",
     "ConfigError",
+    "ExplainError",
+    "Explanation",
     "InvalidImageError",
     "ModelLoadError",
     "NSFWClassifier",
@@ -40,8 +44,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from nsfw_space.config import DEFAULT_MODEL, Settings
-    from nsfw_space.errors import ConfigError, InvalidImageError, ModelLoadError, NSFWSpaceError
+    from nsfw_space.errors import ConfigError, ExplainError, InvalidImageError, ModelLoadError, NSFWSpaceError
     from nsfw_space.model.classifier import NSFWClassifier
+    from nsfw_space.model.explain import Explanation
     from nsfw_space.model.prediction import Prediction
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from nsfw_space import __version__, commands
 from nsfw_space.bulk.sources import INPUT_FORMATS
-from nsfw_space.config import DEFAULT_MODEL
+from nsfw_space.config import DEFAULT_HEAT_LEVEL, DEFAULT_MODEL
 from nsfw_space.errors import NSFWSpaceError
 from nsfw_space.logs import quiet_libraries
 from nsfw_space.modes import FrameRule, Optimization, Precision
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nsfw-space {__version__}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    adders = (_add_scan, _add_serve, _add_loadtest, _add_bench, _add_train, _add_eval)
+    adders = (_add_scan, _add_explain, _add_serve, _add_loadtest, _add_bench, _add_train, _add_eval)
     for add in adders:
         add(subcommands).add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
     return parser
@@ -127,9 +127,49 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
         default="auto",
         help="ray: decode on CPU actors of their own (auto: when workers use GPUs)",
     )
+    scan.add_argument(
+        "--explain-dir",
+        default=None,
+        metavar="DIR",
+        help="local engine: write a heat map and a redacted copy of every flagged (block or review) input here",
+    )
+    _redaction_options(scan)
     scan.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     scan.set_defaults(run=commands.run_scan)
     return scan
+
+
+def _add_explain(subcommands: Any) -> argparse.ArgumentParser:
+    explain = subcommands.add_parser(
+        "explain",
+        help="where the model looked: NAME.heat.png, NAME.redacted.EXT and a JSON line per file",
+    )
+    explain.add_argument("paths", nargs="+", metavar="FILE", help="images (or folders of them)")
+    explain.add_argument("--output-dir", "-o", required=True, metavar="DIR", help="where the files go")
+    _model_options(explain)
+    explain.add_argument(
+        "--threshold", type=_unit_float, default=None, help="flag at or above this nsfw score (default 0.5)"
+    )
+    explain.add_argument("--policy", default=None, metavar="POLICY.json", help="block and review thresholds")
+    _redaction_options(explain)
+    explain.set_defaults(run=commands.run_explain)
+    return explain
+
+
+def _redaction_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--level",
+        type=_unit_float,
+        default=DEFAULT_HEAT_LEVEL,
+        help=f"redacted copy: blur where the heat (0 to 1, relative to the hottest region) is at least this (default {DEFAULT_HEAT_LEVEL})",
+    )
+    parser.add_argument(
+        "--strength",
+        type=_positive_float,
+        default=None,
+        metavar="PIXELS",
+        help="redacted copy: the blur's radius (default 4%% of the image's longer side)",
+    )
 
 
 def _add_serve(subcommands: Any) -> argparse.ArgumentParser:
@@ -273,7 +313,7 @@ def _positive_float(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError("must be a number of seconds above 0")
+        raise argparse.ArgumentTypeError("must be a number above 0")
     return value
 
 

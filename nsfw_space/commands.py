@@ -74,6 +74,22 @@ def run_scan(args: argparse.Namespace) -> int:
         "rule": args.frame_rule,
         "k": args.min_frames,
     }
+    if args.explain_dir:
+        from nsfw_space.bulk.explained import ExplanationFiles
+
+        if args.engine == "ray":
+            from nsfw_space.errors import ConfigError
+
+            raise ConfigError(
+                "--explain-dir works with --engine local; explain flagged files from Ray's output."
+            )
+        options["explain_to"] = ExplanationFiles(
+            args.explain_dir,
+            level=args.level,
+            strength=args.strength,
+            threshold=policy.block,
+            review_threshold=policy.review,
+        )
     if args.engine == "ray":  # Ray's start and the workers' model loads are part of its time
         from nsfw_space.bulk.ray_engine import RayOptions, scan_with_ray
 
@@ -106,6 +122,46 @@ def run_scan(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """Explain each file: its heat map, redacted copy and JSON line (also printed on stdout).
+    Exit status 1 when a file could not be read (one line each on stderr), else 0."""
+    import json
+
+    from nsfw_space.bulk.explained import ExplanationFiles
+    from nsfw_space.bulk.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, listing
+    from nsfw_space.errors import ConfigError, InvalidImageError
+
+    settings = settings_from(args)
+    missing = [path for path in args.paths if not Path(path).exists()]
+    if missing:
+        raise ConfigError(f"{missing[0]!r} does not exist.")
+    names = list(listing(args.paths, IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+    if not names:
+        raise ConfigError("No image files were found in the paths given.")
+    policy = policy_from(settings, args.threshold)
+    files = ExplanationFiles(
+        args.output_dir,
+        level=args.level,
+        strength=args.strength,
+        threshold=policy.block,
+        review_threshold=policy.review,
+    )
+    from nsfw_space.model.classifier import NSFWClassifier
+
+    classifier = NSFWClassifier.from_settings(settings)
+    unreadable = 0
+    for name in names:
+        try:
+            explanation = classifier.explain(name)
+        except InvalidImageError as err:
+            print(f"nsfw-space explain: {err}", file=sys.stderr)
+            unreadable += 1
+            continue
+        print(json.dumps(files.write(name, explanation)), flush=True)
+    print(f"explained {_count(len(names) - unreadable, 'file')} into {args.output_dir}", file=sys.stderr)
+    return 1 if unreadable else 0
 
 
 def _count(number: int, noun: str) -> str:

@@ -17,3 +17,8 @@ class ModelLoadError(NSFWSpaceError, RuntimeError):
 
 class ConfigError(NSFWSpaceError, ValueError):
     """A setting (environment variable or argument) has a value we cannot use."""
+
+
+class ExplainError(NSFWSpaceError, ValueError):
+    """An explanation cannot be made: a model with no transformer blocks to explain, torchcam
+    missing, or an argument out of range (the message says which)."""

@@ -18,12 +18,29 @@ from tests.test_classifier import card_pipeline_scores
 
 def test_named_endpoints_are_classify_and_moderate(client):
     api = client.view_api(print_info=False, return_format="dict")
-    assert set(api["named_endpoints"]) == {"/classify", "/moderate", "/moderate_batch", "/moderate_frames"}
+    named = {
+        "/classify",
+        "/moderate",
+        "/moderate_batch",
+        "/moderate_frames",
+        "/explain",
+    }  # /explain: issue 13
+    assert set(api["named_endpoints"]) == named
     assert not api["unnamed_endpoints"]
     moderate = api["named_endpoints"]["/moderate"]
     assert [p["parameter_name"] for p in moderate["parameters"]] == ["image", "threshold", "url"]
     # image and threshold stay the first two; url is optional, so (image, threshold) calls keep working
     assert [p["parameter_has_default"] for p in moderate["parameters"]][1:] == [True, True]
+    explain = api["named_endpoints"]["/explain"]
+    assert [p["parameter_name"] for p in explain["parameters"]] == [
+        "image",
+        "threshold",
+        "level",
+        "strength",
+        "url",
+    ]
+    assert [p["parameter_has_default"] for p in explain["parameters"]][1:] == [True] * 4
+    assert len(explain["returns"]) == 3  # overlay, redacted copy, JSON
 
 
 def test_classify_returns_gradios_label_dict_with_the_cards_scores(client, model_dir, images):

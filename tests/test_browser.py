@@ -156,12 +156,18 @@ def test_an_invalid_file_shows_the_reason_in_the_page(page, tmp_path):
     page.wait_for_selector("#verdict .verdict-error")
 
 
-def test_batch_view_shows_its_table_csv_and_thumbnails(page, images):
+def run_batch(page, paths):
+    """Check ``paths`` in the Batch tab; returns the results table once the last row is there."""
     page.get_by_role("tab", name="Batch").click()
-    page.set_input_files("#batch-files input[type=file]", [str(p) for p in images[:3]])
+    page.set_input_files("#batch-files input[type=file]", [str(p) for p in paths])
     page.locator("#batch-button").click()
     table = page.locator("#batch-table")
-    table.get_by_text(images[2].name).first.wait_for(timeout=60_000)
+    table.get_by_text(paths[-1].name).first.wait_for(timeout=60_000)
+    return table
+
+
+def test_batch_view_shows_its_table_csv_and_thumbnails(page, images):
+    table = run_batch(page, images[:3])
     text = table.inner_text()
     assert all(p.name in text for p in images[:3])
     assert "NSFW" in text or "safe" in text
@@ -301,3 +307,32 @@ def test_the_footer_names_the_precision_served_at_each_page_load(page, classifie
         "document.querySelector('#served-by') && document.querySelector('#served-by').innerText.includes('in int8')",
         timeout=15_000,
     )
+
+
+def test_explain_draws_the_heat_over_a_blurred_preview_and_offers_a_redacted_copy(page, tmp_path):
+    from PIL import Image
+
+    path = drop_example(page)
+    set_threshold(page, 0)  # flagged: the preview stays blurred
+    page.wait_for_selector("#verdict .verdict-nsfw")
+    page.locator("#explain input").check()
+    page.wait_for_selector("#explain-overlay img", timeout=60_000)
+    assert "blur" in image_filter(page)  # switching Explain on did not reveal the image
+    note = page.locator("#explain-note").inner_text()
+    assert "of the image blurred" in note and "heat at least 0.30" in note  # the default level
+    assert "Warm colours" in page.locator("#explain-panel").inner_text()  # how to read it
+    with page.expect_download() as download:
+        page.locator("#explain-download").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    with Image.open(saved) as copy, Image.open(path) as original:
+        assert copy.size == original.size  # a whole image, the size it was given
+    page.locator("#explain input").uncheck()
+    page.wait_for_selector("#explain-panel", state="hidden")
+
+
+def test_a_selected_batch_row_is_explained(page, images):
+    table = run_batch(page, images[:2])
+    table.get_by_text(images[1].name).first.click()
+    page.wait_for_selector("#batch-explain-overlay img", timeout=60_000)
+    assert "of the image blurred" in page.locator("#batch-explain-note").inner_text()

@@ -192,8 +192,9 @@ def test_mcp_tools_are_described_by_the_docstrings(default_app):
     tools = {
         tool["name"]: tool for tool in httpx.get(f"{default_app}gradio_api/mcp/schema", timeout=30).json()
     }
-    assert {"classify", "moderate", "moderate_batch", "moderate_frames"} <= set(tools)
+    assert {"classify", "moderate", "moderate_batch", "moderate_frames", "explain"} <= set(tools)
     assert tools["moderate"]["description"].startswith("Moderate one image")
+    assert tools["explain"]["description"].startswith("Explain one image's score")
     assert "k-of-n" in str(tools["moderate_frames"]["inputSchema"]) or "rule" in str(tools["moderate_frames"])
 
 

@@ -467,9 +467,22 @@ def test_every_mcp_tool_works_from_the_sdk_client(mcp_url, classifier, images, i
             ("moderate", {"image": f"{image_server}/{images[3].name}"}),  # Gradio fetches: loopback refused
             ("moderate_batch", {"files": [_data_url(images[4]), _data_url(images[5])], "threshold": 0.5}),
             ("moderate_frames", {"media": gif_url, "rule": "k-of-n", "k": 2, "frames": 4}),
+            ("explain", {"image": _data_url(images[0]), "level": 0.5}),
         ],
     )
-    assert {"classify", "moderate", "moderate_batch", "moderate_frames"} <= set(tools)
+    assert {"classify", "moderate", "moderate_batch", "moderate_frames", "explain"} <= set(tools)
+    explained = results.pop()
+    assert not explained.isError, explained.content
+    texts = [
+        json.loads(item.text)
+        for item in explained.content
+        if item.type == "text" and item.text.startswith("{")
+    ]
+    assert texts, explained.content
+    assert texts[-1]["nsfw_score"] == pytest.approx(classifier.predict(images[0]).nsfw_score, abs=1e-4)
+    assert len(texts[-1]["grid"]) == 14 and "redacted_share" in texts[-1]
+    images_back = [item for item in explained.content if item.type == "image"]
+    assert [item.mimeType for item in images_back] == ["image/png", "image/jpeg"]  # overlay, redacted copy
     assert "$defs" not in json.dumps(tools["moderate_batch"].inputSchema)
     assert "image" not in tools["moderate"].inputSchema.get("required", [])
     # an image given as a URL is downloaded by Gradio's MCP layer with its own SSRF guard, which

@@ -17,6 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from nsfw_space.bulk.explained import ExplanationFiles
 from nsfw_space.bulk.sources import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -256,11 +257,13 @@ def scan(
     progress: bool = True,
     rule: str = "max",
     k: int = 1,
+    explain_to: ExplanationFiles | None = None,
 ) -> ScanSummary:
     """Score every input (of ``paths``, or of a ``plan_scan`` plan) and write a row each;
     unreadable inputs get an error row. ``decision`` is block at or above ``threshold``, review
     at or above ``review_threshold`` (default: the threshold, so none), else allow; ``segments``
-    (for animations and videos) are the time ranges scoring at or above the review threshold."""
+    (for animations and videos) are the time ranges scoring at or above the review threshold.
+    ``explain_to`` (``--explain-dir``) gets the explanation of every input not allowed."""
     review = threshold if review_threshold is None else min(review_threshold, threshold)
     plan = paths if isinstance(paths, ScanPlan) else plan_scan(paths, output, resume)
     summary = ScanSummary(skipped=plan.skipped)
@@ -268,11 +271,13 @@ def scan(
     bar = _progress(plan.total, progress)
     try:
         for chunk in chunks(pending(plan, summary), CHUNK):
-            for row in score_rows(
-                classifier, [load(item) for item in chunk], threshold, review, batch_size, rule, k
-            ):
+            loaded = [load(item) for item in chunk]
+            rows = score_rows(classifier, loaded, threshold, review, batch_size, rule, k)
+            for entry, row in zip(loaded, rows, strict=True):
                 summary.add(row)
                 writer.write(row)
+                if explain_to is not None and row.get("decision") in ("block", "review"):
+                    explain_to.write(entry.item.id, classifier.explain(entry.data, rule=rule, k=k))
                 bar.update(1)
     finally:
         bar.close()

@@ -17,8 +17,9 @@ from PIL import Image
 from nsfw_space.config import DEFAULT_MODEL, Settings
 from nsfw_space.errors import InvalidImageError
 from nsfw_space.media.budgets import DEFAULT_MAX_PIXELS, DecodeLimits, PixelBudget
-from nsfw_space.media.images import ImageSource, describe
+from nsfw_space.media.images import ImageSource, describe, frame_time, load_image
 from nsfw_space.model.device import int8_choice, resolve_device, resolve_precision
+from nsfw_space.model.explain import Explainer, Explanation
 from nsfw_space.model.labels import find_nsfw_indices
 from nsfw_space.model.loading import load_model_and_processor
 from nsfw_space.model.optimize import eager_forward
@@ -65,6 +66,7 @@ class NSFWClassifier:
         self._preprocessor = Preprocessor(processor)
         self._input_size = self._preprocessor.input_size
         self._int8_key: str | None = None
+        self._explainer = Explainer(self._runner.model, self.nsfw_indices)  # shared by every view
 
     @property
     def model(self) -> torch.nn.Module:
@@ -396,6 +398,72 @@ class NSFWClassifier:
                 raise InvalidImageError(f"{describe(source)}: {outcome}") from outcome
             results.append(outcome)
         return results
+
+    def explain(
+        self,
+        source: ImageSource,
+        *,
+        budget: PixelBudget | None = None,
+        rule: str = "max",
+        k: int = 1,
+        method: str | None = None,
+    ) -> Explanation:
+        """Where in ``source`` the model found its evidence for the NSFW label: an
+        :class:`~nsfw_space.model.explain.Explanation` with the usual prediction, the heat map at
+        the patch grid and at the image's size, and :meth:`~Explanation.redact`. For an animation
+        or a video, the frame that decided the score (by ``rule``) is explained.
+        Raises InvalidImageError, or ExplainError for a model with no transformer blocks."""
+        return self.explain_batch([source], budget=budget, rule=rule, k=k, method=method)[0]
+
+    def explain_batch(
+        self,
+        sources: Iterable[ImageSource],
+        batch_size: int = 8,
+        *,
+        budget: PixelBudget | None = None,
+        rule: str = "max",
+        k: int = 1,
+        method: str | None = None,
+    ) -> list[Explanation]:
+        """:meth:`explain` for many inputs, ``batch_size`` maps at a time. Raises InvalidImageError
+        naming the first input that cannot be read."""
+        from nsfw_space.model.rules import summarise
+
+        explanations: list[Explanation] = []
+        pending: list[tuple[Prediction, Image.Image, np.ndarray, int]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            maps, _ = self._explainer.maps(np.stack([pixels for _, _, pixels, _ in pending]), method)
+            for (prediction, image, _, frame), grid in zip(pending, maps, strict=True):
+                explanations.append(
+                    Explanation(prediction, grid, image, method or self._explainer.method, frame)
+                )
+            pending.clear()
+
+        for source in sources:
+            try:
+                frames = self.load(source, budget=budget)
+            except InvalidImageError as err:
+                raise InvalidImageError(f"{describe(source)}: {err}") from err
+            pixels = np.stack([self.preprocess(frame) for frame in frames])
+            probs = self.probabilities(pixels)  # the model as served: the prediction /moderate gives
+            times = tuple(frame_time(frame) for frame in frames) if len(frames) > 1 else None
+            prediction = self.make_prediction(probs, source_name(source), times, rule, k)
+            frame = (
+                summarise(probs[:, self.nsfw_indices].sum(axis=1), rule, k).frame if len(frames) > 1 else 0
+            )
+            image = frames[frame]
+            if len(frames) == 1 and not isinstance(source, (Image.Image, np.ndarray)):
+                image = load_image(
+                    source, limits=self.limits
+                )  # the full size, for the heat map and redaction
+            pending.append((prediction, image, pixels[frame], frame))
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        return explanations
 
     def iter_predictions(
         self,

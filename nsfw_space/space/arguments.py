@@ -35,6 +35,18 @@ def whole_number(value: Any, name: str, low: int, high: int, *, default: int) ->
     return int(number)
 
 
+def number_between(value: Any, name: str, low: float, high: float, *, default: float | None) -> float | None:
+    """A caller's number from ``low`` to ``high`` (not a boolean, not NaN), else one sentence."""
+    if value is None:
+        return default
+    number = _number(value)
+    if number is None or not low <= number <= high:
+        raise gr.Error(
+            f"{name} must be a number from {low:g} to {high:g}, not {_shown(value)}.", print_exception=False
+        )
+    return number
+
+
 def _number(value: Any) -> float | None:
     """``value`` as a finite float; None for booleans, text that is no number, NaN and infinities."""
     if isinstance(value, bool):

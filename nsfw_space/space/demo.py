@@ -2,7 +2,7 @@
 
 No model is loaded here: the classifier is handed in, so tests can pass a tiny one.
 Stable endpoints: ``/classify`` (image -> label dict), ``/moderate`` (image, threshold, url ->
-JSON), ``/moderate_batch`` and ``/moderate_frames`` (see handlers.py).
+JSON), ``/moderate_batch``, ``/moderate_frames`` and ``/explain`` (see handlers.py).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def create_demo(
     with gr.Blocks(title="NSFW image moderation", delete_cache=cache_schedule(settings)) as demo:
         gr.Markdown(intro_markdown(classifier))
         threshold = layout.threshold_controls(settings)
+        explain = layout.explain_settings()
         with gr.Tabs():
             image = layout.image_tab(settings, len(classifier.labels))
             batch = layout.batch_tab(settings)
@@ -65,7 +66,7 @@ def create_demo(
         footer = gr.Markdown(footer_markdown(classifier), elem_id="served-by")
         # read again at each page load: once an int8 package is swapped in, the footer says int8
         demo.load(functools.partial(footer_markdown, classifier), outputs=footer, **HIDDEN)
-        page = layout.Page(threshold, image, batch, video, calibrate, gr.State(None))
+        page = layout.Page(threshold, explain, image, batch, video, calibrate, gr.State(None))
         _wire_api(views, page)
         _wire_page(views, page)
     for component in (batch.files, video.media):
@@ -101,6 +102,14 @@ def _wire_api(views: PageViews, page: layout.Page) -> None:
         gr.Button(visible=False).click(
             handler, inputs=inputs, outputs=output, api_name=name, preprocess=False, concurrency_id="model"
         )
+    gr.Button(visible=False).click(
+        views.explain,
+        inputs=[image.image, threshold, page.explain.level, page.explain.strength, image.url],
+        outputs=[image.panel.overlay, image.api_redacted, image.api_result],
+        api_name="explain",
+        preprocess=False,
+        concurrency_id="model",
+    )
 
 
 def _wire_page(views: PageViews, page: layout.Page) -> None:
@@ -128,7 +137,7 @@ def _wire_page(views: PageViews, page: layout.Page) -> None:
     classified.failure(
         lambda limit: verdict_html("error", limit), inputs=threshold, outputs=image.verdict, **HIDDEN
     )
-    gr.on(
+    by_url = gr.on(
         [image.url_button.click, image.url.submit],
         views.url_view,
         inputs=[image.url, threshold, session],
@@ -147,12 +156,39 @@ def _wire_page(views: PageViews, page: layout.Page) -> None:
     batch.button.click(
         views.batch_view,
         inputs=[batch.files, threshold, batch.urls, session],
-        outputs=[batch.table, batch.csv, batch.gallery],
+        outputs=[batch.table, batch.csv, batch.gallery, batch.sources, batch.panel.column],
         api_visibility="private",
         preprocess=False,
         concurrency_id="model",
     )
+    _wire_explain(views, page, [classified, by_url])
     _wire_calibrate(views, page)
+
+
+def _wire_explain(views: PageViews, page: layout.Page, checked: list[Any]) -> None:
+    """The Explain switch (again after each new image, level or strength) and a batch row's
+    explanation when the row is selected."""
+    image, settings = page.image, page.explain
+    panel = image.panel
+    explain = {
+        "fn": views.explain_view,
+        "inputs": [image.image, image.url, image.explain, settings.level, settings.strength],
+        "outputs": [panel.column, panel.overlay, panel.note, panel.download],
+        "api_visibility": "private",
+        "preprocess": False,
+        "concurrency_id": "model",
+    }
+    for event in checked:  # a new image (dropped, pasted, captured or from a URL) is explained too
+        event.success(**explain)
+    gr.on([image.explain.change, settings.level.release, settings.strength.release], **explain)
+    row = page.batch.panel
+    page.batch.table.select(
+        views.explain_row,
+        inputs=[page.batch.sources, settings.level, settings.strength],
+        outputs=[row.column, row.overlay, row.note, row.download],
+        api_visibility="private",
+        concurrency_id="model",
+    )
 
 
 def _wire_calibrate(views: PageViews, page: layout.Page) -> None:

@@ -1,4 +1,4 @@
-"""The named API: /classify, /moderate, /moderate_batch, /moderate_frames.
+"""The named API: /classify, /moderate, /moderate_batch, /moderate_frames, /explain.
 
 Each handler is a pure function of its inputs and the (read-only) classifier; its docstring is the
 endpoint's description in view_api and the MCP tool's. Page-only events live in views.py.
@@ -7,25 +7,29 @@ endpoint's description in view_api and the MCP tool's. Page-only events live in 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from nsfw_space.config import Settings
-from nsfw_space.errors import InvalidImageError
+from nsfw_space.errors import ExplainError, InvalidImageError
 from nsfw_space.media.budgets import PixelBudget
 from nsfw_space.media.fetch import fetch_image_bytes
 from nsfw_space.model.classifier import NSFWClassifier
 from nsfw_space.model.device import gpu_task, on_zero_gpu
+from nsfw_space.model.explain import DEFAULT_LEVEL, Explanation
 from nsfw_space.model.policy import Policy
 from nsfw_space.model.prediction import Prediction
 from nsfw_space.model.rules import RULES
 from nsfw_space.space.arguments import (
     DEFAULT_K,
     MAX_SAMPLED_FRAMES,
+    number_between,
     optional_text,
     threshold_value,
     whole_number,
@@ -43,9 +47,11 @@ class Handlers:
         self.classifier = classifier
         self.policy = policy or Policy.single(settings.threshold)
         self.settings = replace(settings, threshold=self.policy.block)
+        self._explain = classifier.explain
         if on_zero_gpu():  # the GPU exists only inside the request's own spaces.GPU call
             self._predict = gpu_task(classifier.predict)
             self._score_all = gpu_task(self._score_sources)
+            self._explain = gpu_task(classifier.explain)
         else:
             self.batcher = DynamicBatcher(classifier, settings.max_batch_size)
             self._predict = self.batcher.predict
@@ -76,14 +82,7 @@ class Handlers:
             (allow, review or block) and review_threshold.
         """
         limit = self.applied(threshold)
-        url = optional_text(url, "url")
-        if image is not None:
-            source = self._source(image)
-        elif url:
-            source = self._fetch(url)
-        else:
-            raise gr.Error("No image was given. Upload an image or give its URL.", print_exception=False)
-        return self._run(source).to_dict(limit.block, limit.review)
+        return self._run(self._given_image(image, url)).to_dict(limit.block, limit.review)
 
     def moderate_batch(
         self, files: Any = None, threshold: float | None = None, urls: str | None = None, progress: Any = None
@@ -171,7 +170,74 @@ class Handlers:
         result.update(rule=rule, k=min(at_least, len(result["frame_scores"])))
         return result
 
+    def explain(
+        self,
+        image: Any = None,
+        threshold: float | None = None,
+        level: float | None = DEFAULT_LEVEL,
+        strength: float | None = None,
+        url: str | None = None,
+    ) -> tuple[str, str, dict[str, Any]]:
+        """Explain one image's score: where the evidence for the NSFW label is, and a copy with only those regions blurred.
+
+        Args:
+            image: the image to explain (JPEG, PNG, WebP, GIF, BMP, TIFF or ICO), as an upload or a data: URL; leave empty when url is given.
+            threshold: flag the image when its nsfw score is at least this (0 to 1; default 0.5).
+            level: blur the regions whose heat is at least this (0 to 1, relative to the image's hottest region; default 0.3).
+            strength: the blur's radius in pixels (up to 500; 0 or empty: 4% of the image's longer side).
+            url: an http(s) URL of an image, used when no image is uploaded.
+        Returns:
+            the heat map in colour over a blurred preview (PNG, with its colour scale), the redacted
+            copy (the image's own size; the hot regions blurred, every other pixel unchanged), and
+            JSON: /moderate's fields plus method, grid (heat per patch of the model's grid, rows of
+            numbers from 0 to 1), level, redacted_share (the share of the image blurred).
+        """
+        limit = self.applied(threshold)
+        heat_level, radius = redaction_arguments(level, strength)
+        source = self._given_image(image, url)
+        explanation = self._explained(source)
+        overlay, redacted = self.explanation_files(explanation, source, heat_level, radius)
+        return overlay, redacted, explanation.to_dict(limit.block, limit.review, heat_level)
+
+    def _explained(self, source: str | bytes) -> Explanation:
+        with shown_as_error(FILE_REFUSED):
+            try:
+                return self._explain(source, budget=PixelBudget(self.settings.max_request_pixels))
+            except ExplainError as err:
+                raise gr.Error(str(err), title="No explanation", print_exception=False) from None
+
+    def explanation_files(
+        self, explanation: Explanation, source: str | bytes, level: float, strength: float | None
+    ) -> tuple[str, str]:
+        """The overlay (PNG) and the redacted copy (JPEG for a JPEG, else PNG) saved where Gradio
+        keeps uploads, deleted with them; returns their paths."""
+        folder = output_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = uuid.uuid4().hex[:12]
+        overlay = folder / f"heat-{stem}.png"
+        explanation.overlay().save(overlay)
+        redacted = explanation.redact(level=level, strength=strength)
+        if _is_jpeg(source):
+            path = folder / f"redacted-{stem}.jpg"
+            redacted.convert("RGB").save(path, quality=95)
+        else:
+            path = folder / f"redacted-{stem}.png"
+            redacted.save(path)
+        return str(overlay), str(path)
+
     # --- helpers ---------------------------------------------------------------------------------
+    def _given_image(self, image: Any, url: Any, required: bool = True) -> str | bytes | None:
+        """The uploaded image, else the image at ``url``; with neither, one sentence (or None when
+        not ``required``)."""
+        url = optional_text(url, "url")
+        if image is not None:
+            return self._source(image)
+        if url:
+            return self._fetch(url)
+        if required:
+            raise gr.Error("No image was given. Upload an image or give its URL.", print_exception=False)
+        return None
+
     def applied(self, threshold: Any, session_policy: dict[str, Any] | None = None) -> Policy:
         """The policy for one request: the page session's own (chosen in the Calibrate tab), else
         the Space's; the caller's threshold (checked) as its block threshold."""
@@ -274,6 +340,29 @@ class Handlers:
 
 
 FILE_REFUSED = "This file can't be checked"
+
+
+def redaction_arguments(level: Any, strength: Any) -> tuple[float, float | None]:
+    """A caller's heat level (0 to 1) and blur radius (up to 500 pixels; empty or 0: the default)."""
+    heat_level = number_between(level, "level", 0.0, 1.0, default=DEFAULT_LEVEL)
+    radius = number_between(strength, "strength", 0.0, 500.0, default=None) or None
+    return float(heat_level), radius
+
+
+def output_folder() -> Path:
+    """Where the page's and the API's own files (CSV, heat maps, redacted copies) go: Gradio's
+    upload folder, deleted with the uploads."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()) / "nsfw-space"
+
+
+def _is_jpeg(source: str | bytes) -> bool:
+    """Whether the file starts as a JPEG does (its name may say anything)."""
+    if isinstance(source, str):
+        with open(source, "rb") as handle:
+            source = handle.read(3)
+    return source[:3] == b"\xff\xd8\xff"
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from nsfw_space.config import Settings
+from nsfw_space.config import DEFAULT_HEAT_LEVEL, Settings
 from nsfw_space.modes import FrameRule
 from nsfw_space.space.arguments import DEFAULT_K, MAX_SAMPLED_FRAMES
 from nsfw_space.space.render import verdict_html
@@ -20,6 +20,23 @@ VIDEO_SUFFIXES = [".gif", ".webp", ".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4
 
 
 @dataclass
+class ExplainPanel:
+    """Where the model looked: the heat over a blurred preview, a line on the redacted copy, its
+    download; hidden until there is an explanation."""
+
+    column: gr.Column
+    overlay: gr.Image
+    note: gr.Markdown
+    download: gr.DownloadButton
+
+
+@dataclass
+class ExplainSettings:
+    level: gr.Slider
+    strength: gr.Slider
+
+
+@dataclass
 class ImageTab:
     image: gr.Image
     url: gr.Textbox
@@ -27,6 +44,10 @@ class ImageTab:
     verdict: gr.HTML
     label: gr.Label
     details: gr.JSON
+    explain: gr.Checkbox
+    panel: ExplainPanel
+    api_redacted: gr.Image  # the /explain API's outputs: the redacted copy and the JSON
+    api_result: gr.JSON
 
 
 @dataclass
@@ -38,6 +59,8 @@ class BatchTab:
     csv: gr.File
     gallery: gr.Gallery
     results: gr.JSON
+    sources: gr.State  # each row's file, so a selected row can be explained
+    panel: ExplainPanel
 
 
 @dataclass
@@ -77,6 +100,7 @@ class Page:
     session chose in the Calibrate tab (None: the Space's own)."""
 
     threshold: gr.Slider
+    explain: ExplainSettings
     image: ImageTab
     batch: BatchTab
     video: VideoTab
@@ -97,6 +121,47 @@ def threshold_controls(settings: Settings) -> gr.Slider:
         )
         gr.Checkbox(label="Show flagged images unblurred", value=False, elem_id="reveal")
     return threshold
+
+
+def explain_settings() -> ExplainSettings:
+    """How an explanation's redacted copy is made; shared by the image and batch tabs."""
+    with gr.Accordion("Explanations: redaction settings", open=False, elem_id="explain-settings"), gr.Row():
+        level = gr.Slider(
+            0.0,
+            1.0,
+            value=DEFAULT_HEAT_LEVEL,
+            step=0.05,
+            label="Blur the regions whose heat is at least",
+            elem_id="explain-level",
+        )
+        strength = gr.Slider(
+            0,
+            100,
+            value=0,
+            step=1,
+            label="Blur strength: radius in pixels (0: 4% of the image's longer side)",
+            elem_id="explain-strength",
+        )
+    return ExplainSettings(level, strength)
+
+
+def explain_panel(prefix: str) -> ExplainPanel:
+    """The heat map, its reading, the share blurred and the redacted copy's download (hidden
+    until there is an explanation)."""
+    from nsfw_space.model.explain import HOW_TO_READ
+
+    with gr.Column(visible=False, elem_id=f"{prefix}-panel") as column:
+        overlay = gr.Image(
+            label="Where the model looked (over a blurred preview)",
+            type="filepath",
+            interactive=False,
+            elem_id=f"{prefix}-overlay",
+            height=360,
+        )
+        gr.Markdown(HOW_TO_READ, elem_classes=["explain-how"])
+        note = gr.Markdown(elem_id=f"{prefix}-note")
+        download = gr.DownloadButton("Download a redacted copy", elem_id=f"{prefix}-download")
+    return ExplainPanel(column, overlay, note, download)
 
 
 def image_tab(settings: Settings, bar_count: int) -> ImageTab:
@@ -121,9 +186,17 @@ def image_tab(settings: Settings, bar_count: int) -> ImageTab:
         with gr.Column(scale=1, min_width=300):
             verdict = gr.HTML(verdict_html(None, settings.threshold), elem_id="verdict")
             label = gr.Label(num_top_classes=bar_count, label="Label probabilities", elem_id="label-bars")
+            explain = gr.Checkbox(
+                label="Explain: show where the model looked, and offer a redacted copy",
+                value=False,
+                elem_id="explain",
+            )
+            panel = explain_panel("explain")
             with gr.Accordion("Moderation result (JSON, as the /moderate API returns it)", open=False):
                 details = gr.JSON(label="Result", elem_id="details")
-    return ImageTab(image, url, url_button, verdict, label, details)
+            api_redacted = gr.Image(type="filepath", visible=False, label="redacted copy")
+            api_result = gr.JSON(visible=False, label="explanation")
+    return ImageTab(image, url, url_button, verdict, label, details, explain, panel, api_redacted, api_result)
 
 
 def batch_tab(settings: Settings) -> BatchTab:
@@ -147,8 +220,10 @@ def batch_tab(settings: Settings) -> BatchTab:
         gallery = gr.Gallery(
             label="Thumbnails (flagged ones blurred)", columns=6, height="auto", elem_id="batch-gallery"
         )
+        gr.Markdown("Select a row of the results to see where the model looked in that file.")
+        panel = explain_panel("batch-explain")
         results = gr.JSON(visible=False, label="results")
-    return BatchTab(files, urls, button, table, csv, gallery, results)
+    return BatchTab(files, urls, button, table, csv, gallery, results, gr.State([]), panel)
 
 
 def video_tab(settings: Settings) -> VideoTab:

@@ -16,7 +16,10 @@ once the Gradio release pinned in requirements.txt no longer needs it (the MCP t
    ``["files", "items"]`` but looked up as ``["files", 0]``, so list items were never turned into
    files. Positions are expanded against the value first.
 3. ``postprocess_output_data``: a dict or list result is sent as ``str(value)``, Python's repr
-   (``'is_nsfw': True``), which no client can parse. It is sent as JSON text instead.
+   (``'is_nsfw': True``), which no client can parse. It is sent as JSON text instead. And a tool
+   with several outputs (``/explain``: two images and JSON) reaches it as one tuple (the queued
+   path wraps the client's result in a list), so all three came back as one repr; the tuple is
+   spread into its outputs first, so the images come back as images.
 4. ``convert_strings_to_filedata``: a ``data:`` URL is base64-decoded into the cache before the
    app sees it, so the upload size limit does not apply. Its size is checked from the encoded
    length first, against the Space's ``max_file_size``.
@@ -54,6 +57,8 @@ def install() -> None:
 
     def postprocess_output_data(self: Any, data: Any, root_url: str) -> list[Any]:
         contents: list[Any] = []
+        if len(data) == 1 and isinstance(data[0], tuple):  # several outputs, as the queued call returns them
+            data = list(data[0])
         for output in data:
             if isinstance(output, (dict, list)) and not is_file_obj_with_meta(output):
                 text = json.dumps(output, ensure_ascii=False, default=str)

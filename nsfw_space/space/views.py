@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -17,7 +16,7 @@ from nsfw_space.model.policy import Policy, calibrate
 from nsfw_space.model.prediction import Prediction
 from nsfw_space.space.arguments import optional_text, threshold_value
 from nsfw_space.space.calibration import Labelled, as_frames, curves, histogram, summary_markdown, zip_members
-from nsfw_space.space.handlers import Handlers, shown_as_error
+from nsfw_space.space.handlers import Handlers, output_folder, redaction_arguments, shown_as_error
 from nsfw_space.space.payloads import display_name
 from nsfw_space.space.render import label_scores, thumbnail, verdict_html, verdict_word
 
@@ -57,8 +56,10 @@ class PageViews(Handlers):
         urls: str | None,
         session_policy: dict[str, Any] | None = None,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's idiom for a progress bar
-    ) -> tuple[list[list[Any]], str, list[tuple[Image.Image, str]]]:
-        """The batch tab: a results table, the table as CSV, and thumbnails (flagged ones blurred)."""
+    ) -> tuple[list[list[Any]], str, list[tuple[Image.Image, str]], list[str | None], Any]:
+        """The batch tab: a results table, the table as CSV, thumbnails (flagged ones blurred), each
+        row's file (kept in the session, so a selected row can be explained) and the row
+        explanation hidden again."""
         limit = self.applied(threshold, session_policy)
         named = self._batch_sources(files, urls)  # fetched once: rows and thumbnails share it
         rows = self._moderate_named(named, limit, progress)
@@ -71,7 +72,7 @@ class PageViews(Handlers):
             ]
             for row in rows
         ]
-        csv_path = str(write_batch_csv(rows, self.classifier.labels, csv_folder()))
+        csv_path = str(write_batch_csv(rows, self.classifier.labels, output_folder()))
         gallery = []
         for (_, source), row in zip(named, rows, strict=True):
             if row["error"]:
@@ -79,7 +80,56 @@ class PageViews(Handlers):
             gallery.append(
                 (thumbnail(source, blur=row["decision"] != "allow"), f"{row['file']}: {verdict_word(row)}")
             )
-        return table, csv_path, gallery
+        return table, csv_path, gallery, kept_files(named), gr.update(visible=False)
+
+    # --- explanations ---------------------------------------------------------------------------
+    def explain_view(
+        self,
+        image: Any,
+        url: str | None,
+        wanted: bool,
+        level: float,
+        strength: float,
+    ) -> tuple[Any, str | None, str, Any]:
+        """The image tab's Explain switch: the heat over a blurred preview, the share a redacted
+        copy blurs, and its download; hidden when the switch is off or there is no image."""
+        hidden = (gr.update(visible=False), None, "", gr.update(value=None))
+        if not wanted:
+            return hidden
+        source = self._given_image(image, url, required=False)
+        if source is None:
+            return hidden
+        return self._explained_panel(source, level, strength)
+
+    def explain_row(
+        self,
+        sources: list[str | None] | None,
+        level: float,
+        strength: float,
+        selected: gr.SelectData,
+    ) -> tuple[Any, str | None, str, Any]:
+        """The batch tab: the explanation of the row the user selected."""
+        index = selected.index[0] if isinstance(selected.index, (list, tuple)) else selected.index
+        rows = sources or []
+        if not isinstance(index, int) or not 0 <= index < len(rows):
+            raise gr.Error("Select a row of the results first.", print_exception=False)
+        if rows[index] is None:
+            raise gr.Error(
+                "This row's file could not be read, so there is nothing to explain.", print_exception=False
+            )
+        return self._explained_panel(rows[index], level, strength)
+
+    def _explained_panel(
+        self, source: str | bytes, level: float, strength: float
+    ) -> tuple[Any, str | None, str, Any]:
+        heat_level, radius = redaction_arguments(level, strength)
+        explanation = self._explained(source)
+        overlay, redacted = self.explanation_files(explanation, source, heat_level, radius)
+        note = (
+            f"**Redacted copy: {explanation.share(heat_level):.0%} of the image blurred** (heat at least "
+            f"{heat_level:.2f}, nsfw score {explanation.prediction.nsfw_score:.2f})."
+        )
+        return gr.update(visible=True), overlay, note, gr.update(value=redacted)
 
     def frames_view(
         self,
@@ -188,7 +238,7 @@ class PageViews(Handlers):
             scores, truth, block_precision=targets[0], review_recall=targets[1], model=self.classifier.name
         )
         roc, by_threshold = curves(scores, truth)
-        folder = csv_folder()
+        folder = output_folder()
         folder.mkdir(parents=True, exist_ok=True)
         path = result.policy.save(folder / f"policy-{uuid.uuid4().hex[:12]}.json")
         summary = summary_markdown(result, len(scores), state.get("unreadable", 0))
@@ -208,8 +258,19 @@ class PageViews(Handlers):
         return candidate, gr.update(value=round(policy.block, 4)), note
 
 
-def csv_folder() -> Path:
-    """Where the batch view's CSV files go: Gradio's upload folder, deleted with the uploads."""
-    from gradio.utils import get_upload_folder
-
-    return Path(get_upload_folder()) / "nsfw-space"
+def kept_files(named: list[tuple[str, str | bytes | Any]]) -> list[str | None]:
+    """Each batch row's file as a path (a URL's bytes are saved beside the CSV, deleted with the
+    uploads); None for a row whose file could not be read."""
+    kept: list[str | None] = []
+    for _, source in named:
+        if isinstance(source, str):
+            kept.append(source)
+        elif isinstance(source, bytes):
+            folder = output_folder()
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"fetched-{uuid.uuid4().hex[:12]}"
+            path.write_bytes(source)
+            kept.append(str(path))
+        else:
+            kept.append(None)
+    return kept
