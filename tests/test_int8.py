@@ -65,6 +65,17 @@ def test_int8_serves_fp32_at_once_then_swaps_in_the_checked_package(built, card_
         assert prediction.nsfw_score == pytest.approx(card_scores[prediction.source], abs=0.01)
 
 
+def test_int8_serving_is_explained_on_an_fp32_copy(built, classifier, photos):
+    """The int8 forward has no gradients: the map comes from the fp32 copy (the same map the
+    fp32 classifier gives), the prediction from the int8 model as served."""
+    clf, _, _ = built
+    assert clf.precision == "int8"
+    explanation = clf.explain(photos[0])
+    assert explanation.prediction.nsfw_score == pytest.approx(clf.predict(photos[0]).nsfw_score, abs=1e-6)
+    assert explanation.grid == pytest.approx(classifier.explain(photos[0]).grid, abs=1e-4)
+    assert clf.precision == "int8"  # explaining did not change what serves
+
+
 def test_the_package_is_cached_and_a_restart_loads_it_without_building(built, model_dir, int8_cache, caplog):
     folders = list((int8_cache / "int8").iterdir())
     assert len(folders) == 1 and {p.name for p in folders[0].iterdir()} == {"model.pt2", "meta.json"}

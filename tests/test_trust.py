@@ -308,7 +308,7 @@ def test_the_batch_views_csv_neutralises_file_names_and_urls(classifier, gradio_
         received.parent.mkdir(exist_ok=True)
         shutil.copy(images[index], received)
         files.append({"path": str(received), "orig_name": name})
-    table, csv_path, _ = handlers.batch_view(files, 0.5, '=HYPERLINK("http://x","y")', progress=None)
+    table, csv_path, *_ = handlers.batch_view(files, 0.5, '=HYPERLINK("http://x","y")', progress=None)
     assert [row[0] for row in table][: len(FORMULA_NAMES)] == FORMULA_NAMES
     assert _formula_cells(Path(csv_path)) == []
     with open(csv_path, newline="", encoding="utf-8") as handle:

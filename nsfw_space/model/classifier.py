@@ -430,13 +430,30 @@ class NSFWClassifier:
         from nsfw_space.model.rules import summarise
 
         explanations: list[Explanation] = []
-        pending: list[tuple[Prediction, Image.Image, np.ndarray, int]] = []
+        pending: list[tuple[ImageSource, list[Image.Image], np.ndarray]] = []
 
         def flush() -> None:
             if not pending:
                 return
-            maps, _ = self._explainer.maps(np.stack([pixels for _, _, pixels, _ in pending]), method)
-            for (prediction, image, _, frame), grid in zip(pending, maps, strict=True):
+            # the model as served scores every frame of the chunk in one pass (the prediction
+            # /moderate gives); the maps come from the fp32 copy, one frame per input
+            probs = self.probabilities(np.concatenate([pixels for _, _, pixels in pending]))
+            chosen = []
+            offset = 0
+            for source, frames, pixels in pending:
+                part = probs[offset : offset + len(frames)]
+                offset += len(frames)
+                times = tuple(frame_time(frame) for frame in frames) if len(frames) > 1 else None
+                prediction = self.make_prediction(part, source_name(source), times, rule, k)
+                frame = (
+                    summarise(part[:, self.nsfw_indices].sum(axis=1), rule, k).frame if len(frames) > 1 else 0
+                )
+                image = frames[frame]
+                if len(frames) == 1 and not isinstance(source, (Image.Image, np.ndarray)):
+                    image = load_image(source, limits=self.limits)  # full size: the map and redaction
+                chosen.append((prediction, image, pixels[frame], frame))
+            maps, _ = self._explainer.maps(np.stack([pixels for _, _, pixels, _ in chosen]), method)
+            for (prediction, image, _, frame), grid in zip(chosen, maps, strict=True):
                 explanations.append(
                     Explanation(prediction, grid, image, method or self._explainer.method, frame)
                 )
@@ -447,19 +464,7 @@ class NSFWClassifier:
                 frames = self.load(source, budget=budget)
             except InvalidImageError as err:
                 raise InvalidImageError(f"{describe(source)}: {err}") from err
-            pixels = np.stack([self.preprocess(frame) for frame in frames])
-            probs = self.probabilities(pixels)  # the model as served: the prediction /moderate gives
-            times = tuple(frame_time(frame) for frame in frames) if len(frames) > 1 else None
-            prediction = self.make_prediction(probs, source_name(source), times, rule, k)
-            frame = (
-                summarise(probs[:, self.nsfw_indices].sum(axis=1), rule, k).frame if len(frames) > 1 else 0
-            )
-            image = frames[frame]
-            if len(frames) == 1 and not isinstance(source, (Image.Image, np.ndarray)):
-                image = load_image(
-                    source, limits=self.limits
-                )  # the full size, for the heat map and redaction
-            pending.append((prediction, image, pixels[frame], frame))
+            pending.append((source, frames, np.stack([self.preprocess(frame) for frame in frames])))
             if len(pending) >= batch_size:
                 flush()
         flush()

@@ -73,7 +73,7 @@ def planted_set(count: int, start: int = 0, on_grid: bool = False) -> list[Plant
     return [planted_picture(start + index, index % 2 == 1, on_grid=on_grid) for index in range(count)]
 
 
-def train_planted_model(directory: str | Path, *, steps: int = 600, seed: int = 0) -> Path:
+def train_planted_model(directory: str | Path, *, steps: int = 600, seed: int = 0, lr: float = 3e-4) -> Path:
     """Train a tiny ViT (labels normal, nsfw) on planted pictures and save it with its processor."""
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
@@ -102,7 +102,7 @@ def train_planted_model(directory: str | Path, *, steps: int = 600, seed: int = 
     pictures = planted_set(512, start=seed * 100_000)
     pixels = torch.from_numpy(np.stack([preprocess(picture.image) for picture in pictures]))
     targets = torch.tensor([int(picture.is_nsfw) for picture in pictures])
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for step in range(steps):
