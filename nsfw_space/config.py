@@ -11,7 +11,7 @@ from nsfw_space.media.budgets import DecodeLimits
 from nsfw_space.modes import Optimization, Precision
 
 DEFAULT_MODEL = "Falconsai/nsfw_image_detection"
-DEFAULT_HEAT_LEVEL = 0.3  # explanations: blur where the heat is at least this share of the peak
+DEFAULT_HEAT_LEVEL = 0.5  # explanations: blur where the heat is at least this share of the peak
 ENV_PREFIX = "NSFW_SPACE_"
 
 

@@ -319,7 +319,7 @@ def test_explain_draws_the_heat_over_a_blurred_preview_and_offers_a_redacted_cop
     page.wait_for_selector("#explain-overlay img", timeout=60_000)
     assert "blur" in image_filter(page)  # switching Explain on did not reveal the image
     note = page.locator("#explain-note").inner_text()
-    assert "of the image blurred" in note and "heat at least 0.30" in note  # the default level
+    assert "of the image blurred" in note and "heat at least 0.50" in note  # the default level
     assert "Warm colours" in page.locator("#explain-panel").inner_text()  # how to read it
     with page.expect_download() as download:
         page.locator("#explain-download").click()

@@ -77,9 +77,9 @@ def test_the_heat_peaks_inside_the_planted_square_and_redaction_blurs_mostly_the
     )
     assert np.mean(hits) >= 0.9, np.mean(hits)
     assert np.mean(rest_unchanged) >= 0.7, np.mean(rest_unchanged)
-    # a map of 8x8 patches is coarse: the square is not blurred whole at the default level, but
-    # most of it is, and a share of it several times the share of the rest
-    assert np.mean(square_blurred) >= 0.5, np.mean(square_blurred)
+    # the square is blurred: all but its edges (a map of 8x8 patches knows an edge to within a
+    # patch), and a share of it several times the share of the rest
+    assert np.mean(square_blurred) >= 0.8, np.mean(square_blurred)
     assert np.mean(square_blurred) >= 3 * (1 - np.mean(rest_unchanged))
 
 

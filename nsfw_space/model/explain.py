@@ -39,6 +39,7 @@ METHODS = {  # the name callers use -> torchcam's class
 }
 DEFAULT_METHOD = "gradcam"
 DEFAULT_LEVEL = DEFAULT_HEAT_LEVEL
+MARGIN = 0.75  # patches: a redacted region reaches this far past the heat's edge
 HOW_TO_READ = (
     "Warm colours mark the regions whose content raised the nsfw score most, relative to this image "
     "(the hottest region is always the brightest, even in a safe image); dark blue regions did not raise it."
@@ -71,26 +72,37 @@ class Explanation:
         """The map at the image's own size: a float32 (height, width) array in [0, 1]."""
         return heat.stretch(self.grid, self.size)
 
-    def mask(self, level: float = DEFAULT_LEVEL, size: tuple[int, int] | None = None) -> np.ndarray:
-        """True where the heat is at or above ``level`` (at ``size``, default the image's)."""
+    def mask(
+        self, level: float = DEFAULT_LEVEL, size: tuple[int, int] | None = None, margin: float = MARGIN
+    ) -> np.ndarray:
+        """True where the heat is at or above ``level``, grown by ``margin`` patches on every side
+        (at ``size``, default the image's). The map has one value per patch, stretched between
+        patch centres, so a region's edge is only known to within a patch: without a margin a
+        redacted copy left the edges of what it meant to hide (see the README's figures)."""
         level = check_level(level)
-        heatmap = self.heatmap if size is None or size == self.size else heat.stretch(self.grid, size)
-        return heatmap >= level
+        width, height = size or self.size
+        heatmap = self.heatmap if (width, height) == self.size else heat.stretch(self.grid, (width, height))
+        rows, columns = self.grid.shape
+        reach = (round(margin * width / columns), round(margin * height / rows))
+        return heat.grow(heatmap >= level, *reach)
 
-    def share(self, level: float = DEFAULT_LEVEL) -> float:
-        """The share of the image (0 to 1) whose heat is at or above ``level``: what a redacted
-        copy at that level blurs."""
-        return float(self.mask(level).mean())
+    def share(self, level: float = DEFAULT_LEVEL, margin: float = MARGIN) -> float:
+        """The share of the image (0 to 1) that a redacted copy at ``level`` blurs."""
+        return float(self.mask(level, margin=margin).mean())
 
     def redact(
-        self, image: Image.Image | None = None, level: float = DEFAULT_LEVEL, strength: float | None = None
+        self,
+        image: Image.Image | None = None,
+        level: float = DEFAULT_LEVEL,
+        strength: float | None = None,
+        margin: float = MARGIN,
     ) -> Image.Image:
         """A copy of ``image`` (default: the image explained) with the regions whose heat is at
-        or above ``level`` blurred (Gaussian, radius ``strength`` pixels; default 4% of the longer
-        side) and every other pixel unchanged. Another size of the same picture is fine: the map
-        is stretched to it."""
+        or above ``level`` blurred, ``margin`` patches beyond their edges included (Gaussian,
+        radius ``strength`` pixels; default 4% of the longer side), every other pixel unchanged.
+        Another size of the same picture is fine: the map is stretched to it."""
         target = self.image if image is None else image
-        return heat.redact(target, self.mask(level, target.size), strength)
+        return heat.redact(target, self.mask(level, target.size, margin), strength)
 
     def overlay(self, *, blur: bool = True, size: int = heat.PREVIEW_SIZE) -> Image.Image:
         """The heat in colour over a preview of the image, **blurred** unless ``blur`` is False,

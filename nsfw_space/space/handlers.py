@@ -183,7 +183,7 @@ class Handlers:
         Args:
             image: the image to explain (JPEG, PNG, WebP, GIF, BMP, TIFF or ICO), as an upload or a data: URL; leave empty when url is given.
             threshold: flag the image when its nsfw score is at least this (0 to 1; default 0.5).
-            level: blur the regions whose heat is at least this (0 to 1, relative to the image's hottest region; default 0.3).
+            level: blur the regions whose heat is at least this (0 to 1, relative to the image's hottest region; default 0.5).
             strength: the blur's radius in pixels (up to 500; 0 or empty: 4% of the image's longer side).
             url: an http(s) URL of an image, used when no image is uploaded.
         Returns:
