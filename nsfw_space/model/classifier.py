@@ -452,7 +452,7 @@ class NSFWClassifier:
                 if len(frames) == 1 and not isinstance(source, (Image.Image, np.ndarray)):
                     image = load_image(source, limits=self.limits)  # full size: the map and redaction
                 chosen.append((prediction, image, pixels[frame], frame))
-            maps, _ = self._explainer.maps(np.stack([pixels for _, _, pixels, _ in chosen]), method)
+            maps = self._explainer.maps(np.stack([pixels for _, _, pixels, _ in chosen]), method)
             for (prediction, image, _, frame), grid in zip(chosen, maps, strict=True):
                 explanations.append(
                     Explanation(prediction, grid, image, method or self._explainer.method, frame)

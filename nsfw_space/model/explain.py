@@ -160,20 +160,15 @@ class Explainer:
     a time; predictions never wait for it). The fp32 copy is made on the first call."""
 
     def __init__(self, model: torch.nn.Module, nsfw_indices: list[int], method: str = DEFAULT_METHOD) -> None:
-        if method not in METHODS:
-            raise ExplainError(f"Unknown explanation method {method!r}; use one of {', '.join(METHODS)}.")
         self._source = model
         self.nsfw_indices = list(nsfw_indices)
-        self.method = method
+        self.method = _checked(method)
         self._lock = threading.Lock()
         self._prepared: _Prepared | None = None
 
-    def maps(self, pixels: np.ndarray, method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Preprocessed images (N, 3, H, W) -> (maps (N, rows, columns) in [0, 1], fp32 label
-        probabilities (N, labels))."""
-        method = method or self.method
-        if method not in METHODS:
-            raise ExplainError(f"Unknown explanation method {method!r}; use one of {', '.join(METHODS)}.")
+    def maps(self, pixels: np.ndarray, method: str | None = None) -> np.ndarray:
+        """Preprocessed images (N, 3, H, W) -> maps (N, rows, columns) in [0, 1]."""
+        method = _checked(method or self.method)
         import torchcam.methods as cams
 
         with self._lock:
@@ -205,9 +200,7 @@ class Explainer:
                 # like the one that has it).
                 per_block = extractor(targets=self._nsfw_log_odds, scores=logits, normalized=False)
                 fused = torch.stack([_finite(found) for found in per_block]).amax(dim=0)
-            maps = _scaled(fused).cpu().numpy()
-            probabilities = torch.softmax(logits.detach().float(), dim=-1).cpu().numpy()
-        return maps, probabilities
+            return _scaled(fused).cpu().numpy()
 
     def _nsfw_log_odds(self, logits: torch.Tensor) -> torch.Tensor:
         chosen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
@@ -232,6 +225,12 @@ class Explainer:
             layers = ["model." + name for name in _target_layers(model)]
             self._prepared = _Prepared(network, layers, _patch_grid(model))
         return self._prepared
+
+
+def _checked(method: str) -> str:
+    if method not in METHODS:
+        raise ExplainError(f"Unknown explanation method {method!r}; use one of {', '.join(METHODS)}.")
+    return method
 
 
 def _finite(maps: torch.Tensor) -> torch.Tensor:
