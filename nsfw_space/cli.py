@@ -98,9 +98,10 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
     )
     scan.add_argument(
         "--input-format",
-        choices=INPUT_FORMATS,
-        default="files",
-        help="files and folders (default), parquet tables, or webdataset tar shards",
+        choices=("auto", *INPUT_FORMATS),
+        default="auto",
+        help="auto (default: .parquet files and folders of them are tables, .tar files WebDataset "
+        "shards, the rest image files), files, parquet or webdataset",
     )
     scan.add_argument("--image-column", default=None, help="parquet: the column of image bytes")
     scan.add_argument("--url-column", default=None, help="parquet: the column of image URLs")

@@ -106,13 +106,12 @@ def run_scan(args: argparse.Namespace) -> int:
         summary = scan_with_ray(settings, plan, engine, **options)
         seconds = time.perf_counter() - started
     else:
-        classifier = NSFWClassifier.from_settings(settings)
+        classifier = NSFWClassifier.from_settings(settings, job=True)
         if args.every:
             classifier = classifier.with_limits(every=args.every)
         started = time.perf_counter()
         summary = scan(classifier, plan, **options)
         seconds = time.perf_counter() - started
-        _finish_builds(classifier)
     rate = summary.files / seconds if seconds > 0 else 0.0
     skipped = f", {summary.skipped} already done" if summary.skipped else ""
     print(
@@ -150,7 +149,7 @@ def run_explain(args: argparse.Namespace) -> int:
     )
     from nsfw_space.model.classifier import NSFWClassifier
 
-    classifier = NSFWClassifier.from_settings(settings)
+    classifier = NSFWClassifier.from_settings(settings, job=True)
     unreadable = 0
     for name in names:
         try:
@@ -260,7 +259,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     metrics = evaluate(
-        NSFWClassifier.from_settings(settings),
+        NSFWClassifier.from_settings(settings, job=True),
         args.data_dir,
         args.output_dir,
         target_precision=args.target_precision,
@@ -280,15 +279,3 @@ def show_library_progress() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.enable_progress_bar()
-
-
-def _finish_builds(classifier) -> None:
-    """An int8 build still running when the work is done is finished (once per model and CPU), so
-    the next run starts fast; Ctrl-C skips it."""
-    if classifier.wait_until_ready(0):
-        return
-    print("finishing the int8 build so later runs start with it (once; Ctrl-C skips)", file=sys.stderr)
-    try:
-        classifier.wait_until_ready()
-    except KeyboardInterrupt:
-        print("int8 build skipped; it starts again next time", file=sys.stderr)

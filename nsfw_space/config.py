@@ -38,6 +38,9 @@ class Settings:
     cache_dir: str = ""
     """Where built int8 packages are kept (empty: ``$XDG_CACHE_HOME/nsfw_space``, else
     ``~/.cache/nsfw_space``); on a Space, a folder of persistent storage keeps them over restarts."""
+    int8_retry: bool = False
+    """Build int8 again even where an earlier build under the same cache key was refused or
+    failed (its reason is kept in the cache, and a start does not repeat it otherwise)."""
     nsfw_labels: str = ""
     """Comma-separated label names that count as NSFW; empty means found by name."""
     threshold: float = 0.5

@@ -96,6 +96,39 @@ def test_decisions_and_a_callers_threshold():
     assert answer["decision"] == "block" and answer["review_threshold"] == 0.5 and answer["is_nsfw"]
 
 
+def _recomputed(answer):
+    """The decision a reader works out from the numbers in the answer itself."""
+    if answer["nsfw_score"] >= answer["threshold"]:
+        return "block"
+    return "review" if answer["nsfw_score"] >= answer["review_threshold"] else "allow"
+
+
+def test_a_decision_follows_from_the_numbers_printed_beside_it(tmp_path, client, images):
+    """One rounding rule (6 digits) for scores and thresholds: eval's policy threshold of
+    0.6275243163108826 is kept as 0.627524, and every decision at that boundary can be worked out
+    from the answer's own nsfw_score, threshold and review_threshold."""
+    path = Policy(block=0.9, review=0.6275243163108826).save(tmp_path / "policy.json")
+    assert json.loads(path.read_text())["review"] == 0.627524
+    policy = Policy.load(path)
+    assert policy.review == 0.627524
+    decisions = set()
+    for score in (0.62752432, 0.62752449, 0.6275245, 0.6275235, 0.62752349, 0.627523, 0.9, 0.8999996):
+        answer = Prediction(scores={"normal": 1 - score, "nsfw": score}, nsfw_score=score).to_dict(
+            policy.block, policy.review
+        )
+        assert answer["decision"] == _recomputed(answer), answer
+        assert answer["is_nsfw"] == (answer["nsfw_score"] >= answer["threshold"])
+        decisions.add(answer["decision"])
+    assert decisions == {"allow", "review", "block"}
+    # through the API: a caller's threshold a hair above the image's own score
+    score = client.predict(handle_file(str(images[0])), api_name="/moderate")["nsfw_score"]
+    for nudge in (-6e-7, -4e-7, 0.0, 4e-7, 6e-7):
+        threshold = min(1.0, max(0.0, score + nudge))
+        answer = client.predict(handle_file(str(images[0])), threshold, api_name="/moderate")
+        assert answer["threshold"] == round(threshold, 6)
+        assert answer["decision"] == _recomputed(answer), (nudge, answer)
+
+
 def test_without_a_policy_the_api_answers_as_before_plus_a_matching_decision(client, images):
     for threshold in (0.0, 1.0):
         result = client.predict(handle_file(str(images[0])), threshold, api_name="/moderate")
@@ -127,7 +160,8 @@ def test_nsfw_space_policy_changes_the_decision_through_gradio_client(model_dir,
         high = client.predict(handle_file(str(scored["paths"]["high"])), api_name="/moderate")
         low = client.predict(handle_file(str(scored["paths"]["low"])), api_name="/moderate")
         assert high["decision"] == "review" and not high["is_nsfw"]
-        assert (high["threshold"], high["review_threshold"]) == (block, review)
+        expected = Policy.load(policy_file)
+        assert (high["threshold"], high["review_threshold"]) == (expected.block, expected.review)
         assert low["decision"] == "allow"
         # a caller's own threshold is the block threshold for that call
         assert (

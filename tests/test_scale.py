@@ -48,12 +48,13 @@ def test_file_rows_carry_the_sha256_of_their_bytes(by_files, pictures):
 
 
 def test_a_parquet_table_of_image_bytes_gives_the_same_rows(pictures, by_files, model_dir, tmp_path):
+    """Recognised as a table by its suffix: no --input-format needed."""
     reference, _ = by_files
     table = pa.table({"key": [f"img-{i}" for i in range(len(pictures))], "image": pictures})
     pq.write_table(table, tmp_path / "images.parquet")
     out = tmp_path / "out.parquet"
     result = run_cli(
-        "scan", str(tmp_path / "images.parquet"), "-m", str(model_dir), "--input-format", "parquet",
+        "scan", str(tmp_path / "images.parquet"), "-m", str(model_dir),
         "--image-column", "image", "--id-column", "key", "-o", str(out), "-q",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -112,9 +113,7 @@ def test_webdataset_shards_use_their_keys_as_ids(pictures, by_files, model_dir, 
     _shard(shards / "shard-000.tar", [(f"sample{i:03d}", pictures[i]) for i in range(5)])
     _shard(shards / "shard-001.tar", [(f"sample{i:03d}", pictures[i]) for i in range(5, 11)])
     out = tmp_path / "out.jsonl"
-    result = run_cli(
-        "scan", str(shards), "-m", str(model_dir), "--input-format", "webdataset", "-o", str(out), "-q"
-    )
+    result = run_cli("scan", str(shards), "-m", str(model_dir), "-o", str(out), "-q")  # a folder of .tar
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     expected_ids = [f"shard-000.tar/sample{i:03d}" for i in range(5)]
@@ -159,6 +158,32 @@ def test_unusable_table_arguments_are_one_line(model_dir, tmp_path):
             "scan", str(tmp_path / "t.parquet"), "-m", str(model_dir), "--input-format", "parquet", *extra
         )
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_flags_and_mixes_that_do_not_fit_the_inputs_are_one_line(pictures, model_dir, tmp_path):
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(pictures[0])
+    pq.write_table(pa.table({"image": [pictures[1]]}), tmp_path / "t.parquet")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.jpg").write_bytes(pictures[0])
+    pq.write_table(pa.table({"image": [pictures[1]]}), mixed / "t.parquet")
+    for paths, extra, message in [
+        (
+            [folder],
+            ["--image-column", "image"],
+            "--image-column applies to Parquet tables; these inputs are image files",
+        ),
+        ([folder], ["--id-column", "key"], "--id-column applies to Parquet tables"),
+        ([folder, tmp_path / "t.parquet"], ["--image-column", "image"], "of different kinds"),
+        ([mixed], [], "a folder of several kinds"),
+    ]:
+        out = tmp_path / "out.csv"
+        result = run_cli("scan", *map(str, paths), "-m", str(model_dir), "-o", str(out), *extra)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()  # no silent error row
 
 
 # --- the Ray engine: the same rows as the local engine, on one machine and on two nodes --------------

@@ -68,7 +68,7 @@ class _Scorer:
     def __init__(self, settings: dict[str, Any], every: float | None, scoring: dict[str, Any]) -> None:
         from nsfw_space.model.classifier import NSFWClassifier
 
-        classifier = NSFWClassifier.from_settings(Settings(**settings))
+        classifier = NSFWClassifier.from_settings(Settings(**settings), job=True)
         self.classifier = classifier.with_limits(every=every) if every else classifier
         self.scoring = scoring
 

@@ -223,6 +223,7 @@ def plan_scan(
     Raises ConfigError naming the first input that does not exist, or an output it cannot write.
     """
     inputs = paths if isinstance(paths, Inputs) else Inputs(tuple(str(path) for path in paths))
+    inputs = inputs.resolved()
     fmt = output_format(output)
     inputs.check(url_fetching=fetch is not None)
     to_stdout = output is None or output == "-"
@@ -333,7 +334,7 @@ def make_row(
         return row
     answer = outcome.to_dict(threshold, review)
     row.update(label=outcome.label, error="")
-    row.update({label: round(outcome.scores[label], 6) for label in labels})
+    row.update({label: answer["scores"][label] for label in labels})
     row.update({key: answer[key] for key in ("nsfw_score", "is_nsfw", "decision")})
     if "segments" in answer:  # JSON in every format: one cell of the CSV, a list in JSON Lines
         row["segments"] = answer["segments"]

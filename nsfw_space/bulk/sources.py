@@ -14,7 +14,7 @@ import hashlib
 import os
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -24,6 +24,8 @@ from nsfw_space.errors import ConfigError, InvalidImageError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ico", ".jfif"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
 INPUT_FORMATS = ("files", "parquet", "webdataset")
+FORMAT_SUFFIXES = {".parquet": "parquet", ".tar": "webdataset"}  # anything else is an image file
+PARQUET_FLAGS = ("image_column", "url_column", "id_column")
 FILES_PER_UNIT = 64
 
 
@@ -33,15 +35,41 @@ class Inputs:
     for Parquet, the column holding image bytes or URLs and, optionally, the id column."""
 
     paths: tuple[str, ...]
-    format: str = "files"
+    format: str = "auto"
     image_column: str | None = None
     url_column: str | None = None
     id_column: str | None = None
 
+    def resolved(self) -> Inputs:
+        """These inputs with ``auto`` replaced by the format the paths have: ``.parquet`` files (or
+        folders of them) are tables, ``.tar`` files WebDataset shards, anything else image files.
+        Raises ConfigError for a mix of kinds, or for Parquet flags given to other inputs."""
+        fmt = self.format
+        if fmt == "auto":
+            missing = [path for path in self.paths if not exists(path)]
+            if missing:
+                raise ConfigError(f"No such file or folder: {missing[0]}.")
+            kinds = {path: _kind(path) for path in self.paths}
+            found = set(kinds.values()) - {"empty"}
+            if len(found) > 1 or "mixed" in found:
+                described = ", ".join(
+                    f"{path} ({_DESCRIBED[kind]})" for path, kind in kinds.items() if kind != "empty"
+                )
+                raise ConfigError(
+                    f"These inputs are of different kinds: {described}; scan each kind in a command "
+                    "of its own, or name one with --input-format."
+                )
+            fmt = found.pop() if found else "files"
+        given = [name for name in PARQUET_FLAGS if getattr(self, name)]
+        if given and fmt != "parquet":
+            flag = "--" + given[0].replace("_", "-")
+            raise ConfigError(f"{flag} applies to Parquet tables; these inputs are {_DESCRIBED[fmt]}.")
+        return replace(self, format=fmt)
+
     def check(self, url_fetching: bool) -> None:
         """Raise ConfigError for an unknown format, unusable columns or an input that does not exist."""
         if self.format not in INPUT_FORMATS:
-            raise ConfigError(f"Unknown input format {self.format!r}; use {', '.join(INPUT_FORMATS)}.")
+            raise ConfigError(f"Unknown input format {self.format!r}; use auto, {', '.join(INPUT_FORMATS)}.")
         if self.format == "parquet":
             if bool(self.image_column) == bool(self.url_column):
                 raise ConfigError("Give one of --image-column and --url-column for Parquet input.")
@@ -54,6 +82,31 @@ class Inputs:
     @property
     def columns(self) -> list[str]:
         return [c for c in (self.image_column or self.url_column, self.id_column) if c]
+
+
+_DESCRIBED = {
+    "files": "image files",
+    "webdataset": "WebDataset shards",
+    "parquet": "Parquet tables",
+    "mixed": "a folder of several kinds",
+}
+
+
+def _kind(path: str) -> str:
+    """``parquet``, ``webdataset`` or ``files`` for one input (a folder by what it holds: tables,
+    shards or images; ``mixed`` when it holds more than one kind, ``empty`` when none)."""
+    suffix = PurePosixPath(path.split("?", 1)[0]).suffix.lower()
+    if suffix in FORMAT_SUFFIXES:
+        return FORMAT_SUFFIXES[suffix]
+    if not (is_uri(path) or Path(path).is_dir()):
+        return "files"
+    wanted = IMAGE_SUFFIXES | VIDEO_SUFFIXES | set(FORMAT_SUFFIXES)
+    kinds = {
+        FORMAT_SUFFIXES.get(PurePosixPath(name).suffix.lower(), "files") for name in listing([path], wanted)
+    }
+    if len(kinds) > 1:
+        return "mixed"
+    return kinds.pop() if kinds else "empty"
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,23 @@
-"""Generated pictures: calibration data for int8 and the images of tests and benchmarks."""
+"""Pictures for calibration, checks, tests and benchmarks: generated ones and the example photographs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
+
+# The repository's top-level examples/ folder: nsfw_space/examples links to it in a checkout, and a
+# wheel carries it as package data (one copy in the repository either way).
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def example_photos() -> list[Path]:
+    """The Space's example photographs (safe for work), sorted by name; empty when not shipped."""
+    if not EXAMPLES_DIR.is_dir():
+        return []
+    return sorted(path for path in EXAMPLES_DIR.iterdir() if path.suffix.lower() in PHOTO_SUFFIXES)
 
 
 def varied_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image
 from nsfw_space.config import DEFAULT_MODEL, Settings
 from nsfw_space.errors import InvalidImageError
 from nsfw_space.media.budgets import DEFAULT_MAX_PIXELS, DecodeLimits, PixelBudget
-from nsfw_space.media.images import ImageSource, describe, frame_time, load_image
+from nsfw_space.media.images import ImageSource, describe
 from nsfw_space.model.device import int8_choice, resolve_device, resolve_precision
 from nsfw_space.model.explain import Explainer, Explanation
 from nsfw_space.model.labels import find_nsfw_indices
@@ -100,10 +99,14 @@ class NSFWClassifier:
         optimize: str = "auto",
         limits: DecodeLimits | None = None,
         cache_dir: str | None = None,
+        int8_build: str = "aside",
+        int8_retry: bool = False,
     ) -> NSFWClassifier:
         """Load a hub id or a local directory; ``device``/``precision``/``optimize`` ``auto`` pick
         the fastest (see :meth:`optimize` and :meth:`use_int8`). int8 packages are cached in
-        ``cache_dir`` (default: :func:`nsfw_space.model.quantize.default_cache_dir`)."""
+        ``cache_dir`` (default: :func:`nsfw_space.model.quantize.default_cache_dir`); with no
+        package cached yet, ``int8_build`` says whether one is built ``aside`` (in a child process
+        while this classifier serves), ``now`` (before returning) or ``never``."""
         target = resolve_device(device)
         dtype = resolve_precision(precision, target)
         int8 = int8_choice(precision, target, optimize)
@@ -125,24 +128,27 @@ class NSFWClassifier:
         if not int8:
             classifier.optimize(optimize)
             return classifier
-
-        def fp32_model() -> torch.nn.Module:
-            if dtype == torch.float32:
-                return classifier.model
-            return load_model_and_processor(model, revision=revision, dtype=torch.float32)[0]
-
         # A package cached for this model and CPU is used at once; else the plain forward is
-        # optimised as usual and serves while the int8 one is built aside.
-        cached = classifier.use_int8(int8, cache_dir=cache_dir, build="never")
+        # optimised as usual and serves while the int8 one is built in a child process.
+        cached = classifier.use_int8(int8, cache_dir=cache_dir, build="never", retry=int8_retry)
         if cached != "int8":
             classifier.optimize(optimize)
-        if cached == "not built":
-            classifier.use_int8(int8, cache_dir=cache_dir, fp32_model=fp32_model, build="aside")
+        if cached == "not built" and int8_build == "never":
+            logger.info("no int8 package cached for this model and CPU: serving %s", classifier.precision)
+        elif cached == "not built":
+            classifier.use_int8(
+                int8, cache_dir=cache_dir, source=(model, revision), build=int8_build, retry=int8_retry
+            )
         return classifier
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> NSFWClassifier:
-        """Load the model the settings name, with their device, precision and limits."""
+    def from_settings(cls, settings: Settings, *, job: bool = False) -> NSFWClassifier:
+        """Load the model the settings name, with their device, precision and limits. A ``job``
+        (a command that ends: scan, eval, explain) uses a cached int8 package but starts no
+        build for ``auto``; with ``precision=int8`` it builds one first (once per model and CPU)."""
+        build = "aside"
+        if job:
+            build = "now" if settings.precision == "int8" else "never"
         return cls.from_pretrained(
             settings.model,
             revision=settings.revision,
@@ -153,6 +159,8 @@ class NSFWClassifier:
             frames=settings.frames,
             optimize=settings.optimize,
             cache_dir=settings.cache_dir or None,
+            int8_build=build,
+            int8_retry=settings.int8_retry,
         )
 
     def with_limits(
@@ -200,78 +208,26 @@ class NSFWClassifier:
         when: str = "always",
         *,
         cache_dir: str | Path | None = None,
-        fp32_model: Callable[[], torch.nn.Module] | None = None,
+        source: tuple[str, str | None] | None = None,
         build: str = "aside",
+        retry: bool = False,
     ) -> str:
         """Serve through an int8 forward (see :mod:`nsfw_space.model.quantize`). Returns ``"int8"``
         when it is in use now, ``"building"`` while it is built aside, ``"slower here"`` when it
         was measured slower (``when="if-faster"``), ``"not built"`` (``build="never"``), or why
-        int8 cannot be used here.
+        int8 cannot be used here (a refusal remembered from an earlier build included, unless
+        ``retry``).
 
         A package cached for this model, torch and CPU is loaded at once (about a second with
-        ViT-B). Otherwise it is built (``build="aside"``: on a thread of its own while the current
-        forward keeps serving; ``"now"``: before returning) and swapped in when it has passed its
-        check against fp32. ``when="if-faster"`` uses it only if it was measured faster than the
-        current forward on this CPU. ``fp32_model`` gives the fp32 weights to quantise when this
-        classifier holds another dtype.
+        ViT-B). Otherwise it is built in a child process at low priority (``build="aside"``: this
+        classifier serves meanwhile; ``"now"``: before returning) from ``source`` (hub id or
+        directory, and revision; default: this classifier's fp32 weights) and swapped in when it
+        has passed its check against fp32. ``when="if-faster"`` uses it only if it was measured
+        faster than the current forward on this CPU.
         """
-        from nsfw_space.model import quantize
+        from nsfw_space.model.int8 import use_int8
 
-        if self.device.type != "cpu":
-            return f"int8 runs on the CPU, not on {self.device.type}"
-        reason = quantize.missing_requirement()
-        if reason:
-            logger.warning("int8 not available: %s; serving %s", reason, self.precision)
-            return reason
-        folder = self._int8_folder(cache_dir)
-        package = quantize.load_package(folder, self.preprocess)
-        if package is not None:
-            return self._adopt_int8(package, when)
-        if build == "never":
-            return "not built"
-
-        def make() -> None:
-            started = time.perf_counter()
-            source = fp32_model() if fp32_model else (self.model if self.dtype == torch.float32 else None)
-            if source is None:
-                raise quantize.Int8Unavailable("no fp32 weights to quantise were given")
-            package = quantize.build_package(source, folder, self.preprocess, self.probabilities)
-            logger.info("int8 package built in %.0f s: %s", time.perf_counter() - started, folder)
-            self._adopt_int8(package, when)
-
-        if build == "now":
-            try:
-                make()
-            except Exception as err:  # noqa: BLE001 - the served forward stays; say why
-                logger.warning("int8 not used (%s); serving on with %s", err, self.optimization)
-                return str(err)
-            return "int8" if self.precision == "int8" else "slower here"
-        logger.info(
-            "building int8 aside (a minute or two, once per model and CPU); serving %s meanwhile",
-            self.precision,
-        )
-        self._runner.build_aside("int8", make)
-        return "building"
-
-    def _int8_folder(self, cache_dir: str | Path | None) -> Path:
-        from nsfw_space.model import quantize
-
-        root = Path(cache_dir) if cache_dir else quantize.default_cache_dir()
-        if self._int8_key is None:  # a digest of all the weights: computed once
-            self._int8_key = quantize.package_key(self.model, self.name)
-        return root / "int8" / self._int8_key
-
-    def _adopt_int8(self, package: Any, when: str) -> str:
-        from nsfw_space.model.quantize import describe
-
-        if when == "if-faster" and not package.faster:
-            logger.info("int8 not used: %s", describe(package.meta))
-            return "slower here"
-        self._runner.plan = ForwardPlan(
-            package.forward, package.forward, name="int8", input_dtype=torch.float32
-        )
-        logger.info("serving int8 (%s)", describe(package.meta))
-        return "int8"
+        return use_int8(self, when, cache_dir=cache_dir, source=source, build=build, retry=retry)
 
     def wait_until_ready(self, timeout: float | None = None) -> bool:
         """Wait until speed-ups being built aside are done; True when none is still building."""
@@ -427,48 +383,11 @@ class NSFWClassifier:
     ) -> list[Explanation]:
         """:meth:`explain` for many inputs, ``batch_size`` maps at a time. Raises InvalidImageError
         naming the first input that cannot be read."""
-        from nsfw_space.model.rules import summarise
+        from nsfw_space.model.explaining import explain_sources
 
-        explanations: list[Explanation] = []
-        pending: list[tuple[ImageSource, list[Image.Image], np.ndarray]] = []
-
-        def flush() -> None:
-            if not pending:
-                return
-            # the model as served scores every frame of the chunk in one pass (the prediction
-            # /moderate gives); the maps come from the fp32 copy, one frame per input
-            probs = self.probabilities(np.concatenate([pixels for _, _, pixels in pending]))
-            chosen = []
-            offset = 0
-            for source, frames, pixels in pending:
-                part = probs[offset : offset + len(frames)]
-                offset += len(frames)
-                times = tuple(frame_time(frame) for frame in frames) if len(frames) > 1 else None
-                prediction = self.make_prediction(part, source_name(source), times, rule, k)
-                frame = (
-                    summarise(part[:, self.nsfw_indices].sum(axis=1), rule, k).frame if len(frames) > 1 else 0
-                )
-                image = frames[frame]
-                if len(frames) == 1 and not isinstance(source, (Image.Image, np.ndarray)):
-                    image = load_image(source, limits=self.limits)  # full size: the map and redaction
-                chosen.append((prediction, image, pixels[frame], frame))
-            maps = self._explainer.maps(np.stack([pixels for _, _, pixels, _ in chosen]), method)
-            for (prediction, image, _, frame), grid in zip(chosen, maps, strict=True):
-                explanations.append(
-                    Explanation(prediction, grid, image, method or self._explainer.method, frame)
-                )
-            pending.clear()
-
-        for source in sources:
-            try:
-                frames = self.load(source, budget=budget)
-            except InvalidImageError as err:
-                raise InvalidImageError(f"{describe(source)}: {err}") from err
-            pending.append((source, frames, np.stack([self.preprocess(frame) for frame in frames])))
-            if len(pending) >= batch_size:
-                flush()
-        flush()
-        return explanations
+        return explain_sources(
+            self, self._explainer, sources, batch_size, budget=budget, rule=rule, k=k, method=method
+        )
 
     def iter_predictions(
         self,

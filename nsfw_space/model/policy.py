@@ -31,6 +31,12 @@ POLICY_SETTING = "NSFW_SPACE_POLICY"
 # is about 3/n. So a claim "precision >= p" needs at least 3/(1-p) images flagged at the block
 # threshold, and "recall >= r" at least 3/(1-r) nsfw images; fewer, and the data cannot show it.
 RULE_OF_THREE = 3.0
+SCORE_DIGITS = 6  # the one rounding rule: scores are reported, and thresholds kept, to 6 digits
+
+
+def reported(value: float) -> float:
+    """A score or threshold as every answer reports it (and as every decision compares it)."""
+    return round(float(value), SCORE_DIGITS)
 
 
 class PolicyError(ConfigError):
@@ -55,6 +61,7 @@ class Policy:
                 raise PolicyError(
                     f"The policy's {name} threshold must be a number from 0 to 1, got {value!r}."
                 )
+            object.__setattr__(self, name, reported(value))  # kept, written and read to 6 digits
         if self.review > self.block:
             raise PolicyError(
                 f"The policy's review threshold ({self.review}) must not be above its block threshold ({self.block})."
@@ -75,9 +82,12 @@ class Policy:
         return Policy(block=threshold, review=review, model=self.model, revision=self.revision)
 
     def decide(self, nsfw_score: float) -> str:
-        if nsfw_score >= self.block:
+        """The decision for a score, made on the score as reported (6 digits), so an answer's
+        ``decision`` always follows from its own ``nsfw_score`` and thresholds."""
+        score = reported(nsfw_score)
+        if score >= self.block:
             return BLOCK
-        return REVIEW if nsfw_score >= self.review else ALLOW
+        return REVIEW if score >= self.review else ALLOW
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

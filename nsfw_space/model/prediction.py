@@ -28,8 +28,10 @@ class Prediction:
         return max(self.scores, key=self.scores.__getitem__)
 
     def is_nsfw(self, threshold: float = 0.5) -> bool:
-        """Whether the NSFW score reaches ``threshold``."""
-        return self.nsfw_score >= threshold
+        """Whether the NSFW score reaches ``threshold`` (both as reported: 6 digits)."""
+        from nsfw_space.model.policy import reported
+
+        return reported(self.nsfw_score) >= reported(threshold)
 
     def decision(self, threshold: float = 0.5, review_threshold: float | None = None) -> str:
         """``block`` at or above ``threshold``, ``review`` at or above ``review_threshold`` (default:
@@ -42,21 +44,23 @@ class Prediction:
     def to_dict(self, threshold: float = 0.5, review_threshold: float | None = None) -> dict[str, Any]:
         """JSON-ready form: label, scores, nsfw_score, is_nsfw, threshold, decision,
         review_threshold (and frame_scores, frame_times and segments for animations and videos)."""
+        from nsfw_space.model.policy import reported
+
         review = threshold if review_threshold is None else min(review_threshold, threshold)
         result: dict[str, Any] = {
             "label": self.label,
-            "scores": {name: round(value, 6) for name, value in self.scores.items()},
-            "nsfw_score": round(self.nsfw_score, 6),
+            "scores": {name: reported(value) for name, value in self.scores.items()},
+            "nsfw_score": reported(self.nsfw_score),
             "is_nsfw": self.is_nsfw(threshold),
-            "threshold": threshold,
+            "threshold": reported(threshold),
             "decision": self.decision(threshold, review),
-            "review_threshold": review,
+            "review_threshold": reported(review),
         }
         if self.frame_scores is not None:
             from nsfw_space.model.rules import flagged_segments
 
             times = self.frame_times or tuple(0.0 for _ in self.frame_scores)
-            result["frame_scores"] = [round(value, 6) for value in self.frame_scores]
+            result["frame_scores"] = [reported(value) for value in self.frame_scores]
             result["frame_times"] = [round(value, 3) for value in times]
             result["segments"] = [s.to_dict() for s in flagged_segments(self.frame_scores, times, review)]
         return result

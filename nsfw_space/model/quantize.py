@@ -14,12 +14,12 @@ package is checked again at every load without the fp32 model). One that fails i
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,15 +30,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from nsfw_space.media.samples import varied_image
+from nsfw_space.media.samples import example_photos, varied_image
 from nsfw_space.model.device import cpu_flags
 from nsfw_space.model.optimize import TOLERANCE, Forward, Logits
 
 logger = logging.getLogger(__name__)
 
-ROUTE = "pt2e-x86-static-aoti-2"  # change when the recipe changes: old packages are then not used
-CALIBRATION_IMAGES = 32
-HELD_OUT_IMAGES = 8
+ROUTE = "pt2e-x86-static-smooth-aoti-3"  # change when the recipe changes: old packages are then not used
+CALIBRATION_IMAGES = 32  # generated pictures, beside crops of the example photographs
+HELD_OUT_IMAGES = 8  # generated pictures held out for the check, beside the example photographs
+SMOOTHING = 0.5  # SmoothQuant's alpha: how much of an outlier channel's size moves into the weights
 MAX_BATCH = 256
 CACHE_SETTING = "NSFW_SPACE_CACHE_DIR"
 
@@ -107,6 +108,56 @@ def generated_pixels(preprocess: Callable[[Any], np.ndarray], count: int, first_
     return np.stack([preprocess(image) for image in images])
 
 
+def calibration_pixels(preprocess: Callable[[Any], np.ndarray]) -> np.ndarray:
+    """What int8's activation ranges are measured on: generated pictures and, where the example
+    photographs are at hand, four crops and a mirror image of each (never the held-out originals)."""
+    from PIL import Image, ImageOps
+
+    crops = []
+    for path in example_photos():
+        with Image.open(path) as opened:
+            photo = opened.convert("RGB")
+        width, height = photo.size
+        half = (width // 2, height // 2)
+        for left, top in ((0, 0), (half[0], 0), (0, half[1]), (half[0], half[1])):
+            crops.append(photo.crop((left, top, left + half[0], top + half[1])))
+        crops.append(ImageOps.mirror(photo))
+    generated = generated_pixels(preprocess, CALIBRATION_IMAGES, first_seed=0)
+    if not crops:
+        return generated
+    return np.concatenate([generated, np.stack([preprocess(image) for image in crops])])
+
+
+def held_out_set(
+    preprocess: Callable[[Any], np.ndarray], names: Sequence[str] | None = None
+) -> tuple[list[str], np.ndarray]:
+    """The check's inputs, named: generated pictures (``generated-N``) and the example photographs
+    (by file name). ``names`` picks those of an earlier build (the photographs still at hand)."""
+    photos = {path.name: path for path in example_photos()}
+    wanted = (
+        list(names)
+        if names is not None
+        else [
+            *(f"generated-{i}" for i in range(HELD_OUT_IMAGES)),
+            *sorted(photos),
+        ]
+    )
+    generated = generated_pixels(preprocess, HELD_OUT_IMAGES, first_seed=10_000)
+    chosen, rows = [], []
+    for name in wanted:
+        if name.startswith("generated-") and name[10:].isdigit() and int(name[10:]) < HELD_OUT_IMAGES:
+            rows.append(generated[int(name[10:])])
+        elif name in photos:
+            from PIL import Image
+
+            with Image.open(photos[name]) as opened:
+                rows.append(preprocess(opened.convert("RGB")))
+        else:
+            continue
+        chosen.append(name)
+    return chosen, np.stack(rows)
+
+
 @dataclass(frozen=True)
 class Int8Package:
     """A checked int8 forward and what was measured when it was built."""
@@ -130,8 +181,10 @@ def load_package(folder: Path, preprocess: Callable[[Any], np.ndarray]) -> Int8P
     try:
         meta = json.loads(meta_path.read_text())
         forward = _load(path)
-        held_out = generated_pixels(preprocess, HELD_OUT_IMAGES, first_seed=10_000)
-        _check(forward, held_out, np.asarray(meta["reference"], dtype=np.float32))
+        names = meta.get("held_out") or [f"generated-{i}" for i in range(len(meta["reference"]))]
+        reference = dict(zip(names, meta["reference"], strict=True))
+        chosen, held_out = held_out_set(preprocess, names)
+        _check(forward, held_out, np.asarray([reference[name] for name in chosen], dtype=np.float32))
     except Exception as err:  # noqa: BLE001 - a package we cannot trust is rebuilt, never used
         logger.warning("cached int8 package %s not used (%s); it will be rebuilt", folder, err)
         shutil.rmtree(folder, ignore_errors=True)
@@ -142,50 +195,119 @@ def load_package(folder: Path, preprocess: Callable[[Any], np.ndarray]) -> Int8P
 def build_package(
     fp32_model: torch.nn.Module,
     folder: Path,
+    workdir: Path,
     preprocess: Callable[[Any], np.ndarray],
     plain: Callable[[np.ndarray], Any],
-) -> Int8Package:
-    """Quantise ``fp32_model``, compile it, check it against fp32, time it against ``plain`` (the
-    forward served meanwhile) and store it in ``folder`` (written aside, then renamed: a crash
-    never leaves a half-written package behind). Raises Int8Unavailable."""
+    *,
+    timing_threads: int | None = None,
+    reduce_range: bool | None = None,
+) -> dict[str, Any]:
+    """Quantise ``fp32_model`` (smoothed first, see :func:`smooth`), compile it, check it against
+    fp32 on photographs and generated pictures, time it against ``plain`` (the forward served
+    meanwhile, with ``timing_threads``) and publish it at ``folder`` (written in ``workdir``, then
+    renamed: a half-written package is never seen). Returns its meta; raises Int8Unavailable, or
+    ValueError when the check refuses it. Called in the build's child process (``builds``)."""
     reason = missing_requirement()
     if reason:
         raise Int8Unavailable(reason)
-    calibration = torch.from_numpy(generated_pixels(preprocess, CALIBRATION_IMAGES, first_seed=0))
-    held_out = generated_pixels(preprocess, HELD_OUT_IMAGES, first_seed=10_000)
+    calibration = torch.from_numpy(calibration_pixels(preprocess))
+    names, held_out = held_out_set(preprocess)
     logits = Logits(fp32_model).eval()
     with torch.inference_mode():
         reference = torch.softmax(logits(torch.from_numpy(held_out)).float(), -1).numpy()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    package = Path(workdir) / "package"
+    package.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    smoothed = smooth(fp32_model, calibration)
+    _compile_package(Logits(smoothed).eval(), calibration, package / "model.pt2", reduce_range)
+    build_seconds = time.perf_counter() - started
+    forward = _load(package / "model.pt2")
+    difference = _check(forward, held_out, reference)
+    if timing_threads:
+        torch.set_num_threads(timing_threads)
+    meta = {
+        "route": ROUTE,
+        "torch": torch.__version__,
+        "held_out": names,
+        "reference": reference.tolist(),
+        "max_difference": difference,
+        "build_seconds": round(build_seconds, 1),
+        "int8_images_per_s": _images_per_second(lambda batch: forward(torch.from_numpy(batch)), held_out),
+        "plain_images_per_s": _images_per_second(plain, held_out),
+    }
+    (package / "meta.json").write_text(json.dumps(meta, indent=1))
+    from nsfw_space.model.builds import publish
+
+    publish(package, folder)
+    return meta
+
+
+# -- outlier channels: SmoothQuant-style scale migration -------------------------------------------
+def norm_linear_pairs(model: torch.nn.Module) -> list[tuple[torch.nn.LayerNorm, list[torch.nn.Linear]]]:
+    """Each transformer block's LayerNorms with the linear layers they feed: the places where a
+    per-channel scale can move from the activations into the weights without changing the
+    function (transformers' ViT layout, old and new names)."""
+    pairs = []
+    for block in model.modules():
+        before, after = getattr(block, "layernorm_before", None), getattr(block, "layernorm_after", None)
+        if not isinstance(before, torch.nn.LayerNorm) or not isinstance(after, torch.nn.LayerNorm):
+            continue
+        attention = getattr(block, "attention", None)
+        inner = getattr(attention, "attention", attention)  # transformers 4: attention.attention.query
+        qkv = [getattr(inner, name, None) for name in ("q_proj", "k_proj", "v_proj")]
+        if not all(isinstance(layer, torch.nn.Linear) for layer in qkv):
+            qkv = [getattr(inner, name, None) for name in ("query", "key", "value")]
+        mlp = getattr(block, "mlp", None) or getattr(block, "intermediate", None)
+        first = getattr(mlp, "fc1", None) or getattr(mlp, "dense", None)
+        if all(isinstance(layer, torch.nn.Linear) for layer in qkv):
+            pairs.append((before, qkv))
+        if isinstance(first, torch.nn.Linear):
+            pairs.append((after, [first]))
+    return pairs
+
+
+def smooth(model: torch.nn.Module, calibration: torch.Tensor, alpha: float = SMOOTHING) -> torch.nn.Module:
+    """A copy of ``model`` computing the same function, with each LayerNorm's output channels
+    divided by ``s = max|x|^alpha / max|w|^(1 - alpha)`` and the next linear layers' input columns
+    multiplied by ``s`` (SmoothQuant, Xiao et al. 2023): a channel tens of times larger than the
+    rest, as trained transformers have, no longer sets the scale of a whole tensor."""
+    smoothed = copy.deepcopy(model).float().eval()
+    pairs = norm_linear_pairs(smoothed)
+    if not pairs or alpha <= 0:
+        return smoothed
+    peaks: dict[int, torch.Tensor] = {}
+
+    def record(index: int):
+        def hook(_module, _inputs, output):
+            peak = output.detach().abs().flatten(0, -2).amax(0)
+            peaks[index] = torch.maximum(peaks[index], peak) if index in peaks else peak
+
+        return hook
+
+    handles = [norm.register_forward_hook(record(i)) for i, (norm, _) in enumerate(pairs)]
     try:
-        started = time.perf_counter()
-        _compile_package(logits, calibration, workdir / "model.pt2")
-        build_seconds = time.perf_counter() - started
-        forward = _load(workdir / "model.pt2")
-        difference = _check(forward, held_out, reference)
-        meta = {
-            "route": ROUTE,
-            "torch": torch.__version__,
-            "reference": reference.tolist(),
-            "max_difference": difference,
-            "build_seconds": round(build_seconds, 1),
-            "int8_images_per_s": _images_per_second(lambda batch: forward(torch.from_numpy(batch)), held_out),
-            "plain_images_per_s": _images_per_second(plain, held_out),
-        }
-        (workdir / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.replace(workdir, folder)
-        except OSError:  # another process stored the same package first: theirs is as good
-            shutil.rmtree(workdir, ignore_errors=True)
-            return load_package(folder, preprocess) or Int8Package(forward, workdir, meta)
-    except Exception:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    return Int8Package(_load(folder / "model.pt2"), folder / "model.pt2", meta)
+        with torch.inference_mode():
+            for start in range(0, len(calibration), 8):
+                smoothed(pixel_values=calibration[start : start + 8])
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.no_grad():
+        for i, (norm, linears) in enumerate(pairs):
+            weight_peak = torch.stack([layer.weight.abs().amax(0) for layer in linears]).amax(0)
+            scale = peaks[i].clamp(min=1e-5).pow(alpha) / weight_peak.clamp(min=1e-5).pow(1 - alpha)
+            scale = scale.clamp(min=1e-5)
+            norm.weight.div_(scale)
+            if norm.bias is not None:
+                norm.bias.div_(scale)
+            for layer in linears:
+                layer.weight.mul_(scale)
+    return smoothed
 
 
-def _compile_package(logits: torch.nn.Module, calibration: torch.Tensor, path: Path) -> None:
+def _compile_package(
+    logits: torch.nn.Module, calibration: torch.Tensor, path: Path, reduce_range: bool | None = None
+) -> None:
     import torch._inductor.config as inductor_config
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -197,7 +319,9 @@ def _compile_package(logits: torch.nn.Module, calibration: torch.Tensor, path: P
         graph = torch.export.export(logits, example, dynamic_shapes=({0: batch},)).module()
         quantizer = x86.X86InductorQuantizer()
         quantizer.set_global(
-            x86.get_default_x86_inductor_quantization_config(reduce_range=needs_reduced_range())
+            x86.get_default_x86_inductor_quantization_config(
+                reduce_range=needs_reduced_range() if reduce_range is None else reduce_range
+            )
         )
         if isinstance(getattr(logits.model, "classifier", None), torch.nn.Linear):
             # the head stays fp32 (as in bf16): tiny, and where the scores get their resolution

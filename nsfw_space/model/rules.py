@@ -9,6 +9,7 @@ from itertools import pairwise
 import numpy as np
 
 from nsfw_space.errors import ConfigError
+from nsfw_space.model.policy import reported
 from nsfw_space.modes import FrameRule
 
 RULES = tuple(rule.value for rule in FrameRule)
@@ -75,7 +76,8 @@ def flagged_segments(
     last frame ends at its own time plus one step). Flagged frames closer than one sampling step
     apart (neighbours) merge into one range; an unflagged sample between them splits it.
     """
-    scores, times = list(frame_scores), list(frame_times)
+    scores, times = [reported(score) for score in frame_scores], list(frame_times)  # as reported
+    threshold = reported(threshold)
     if len(scores) != len(times):
         raise ConfigError("Each frame score needs its time.")
     steps = [later - earlier for earlier, later in pairwise(times)]

@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 
 from nsfw_space.config import Settings
 from nsfw_space.media.budgets import start_memory_trimmer
+from nsfw_space.media.samples import example_photos
 from nsfw_space.model.classifier import NSFWClassifier
 from nsfw_space.model.policy import Policy
 from nsfw_space.space import layout
@@ -26,7 +27,6 @@ from nsfw_space.space.views import PageViews
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
-EXAMPLES_DIR = ASSETS_DIR / "examples"  # inside the package, so a wheel has them
 HIDDEN = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
 
@@ -254,10 +254,9 @@ def launch_options(settings: Settings) -> dict[str, Any]:
 
 
 def example_paths() -> list[Path]:
-    """The safe-for-work example images shipped in the package (``space/assets/examples``)."""
-    if not EXAMPLES_DIR.is_dir():
-        return []
-    return sorted(p for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    """The safe-for-work example images: the repository's top-level ``examples/`` (the package
+    reaches it through ``nsfw_space/examples``, which a wheel ships as package data)."""
+    return example_photos()
 
 
 def cache_schedule(settings: Settings) -> tuple[int, int]:

@@ -161,11 +161,11 @@ class Handlers:
         with shown_as_error(FILE_REFUSED):
             prediction = predict(source, rule=rule, k=at_least, budget=budget)
         result = prediction.to_dict(limit.block, limit.review)
-        result.setdefault("frame_scores", [round(prediction.nsfw_score, 6)])
+        result.setdefault("frame_scores", [result["nsfw_score"]])
         result.setdefault("frame_times", [0.0])
         if "segments" not in result:  # a still image: one frame, at time 0
-            flagged = prediction.nsfw_score >= limit.review
-            peak = round(prediction.nsfw_score, 6)
+            peak = result["nsfw_score"]
+            flagged = peak >= limit.review
             result["segments"] = [{"start": 0.0, "end": 0.0, "peak": peak}] if flagged else []
         result.update(rule=rule, k=min(at_least, len(result["frame_scores"])))
         return result

@@ -86,6 +86,34 @@ def _spread_head(model, processor, labels, spread: float, seed: int) -> None:
         model.classifier.bias.copy_(torch.tensor(bias, dtype=torch.float32))
 
 
+def with_outlier_channels(
+    source: str | Path, directory: str | Path, *, channels: int = 4, factor: float = 30.0, seed: int = 0
+) -> Path:
+    """Save beside ``source`` a model that computes the same function with the outliers trained
+    transformers have: in every block, ``channels`` of the LayerNorm outputs that enter attention
+    and the MLP are ``factor`` times larger, and the linear layers they feed divide them back
+    (equal in exact arithmetic; what per-tensor int8 activations find hard)."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from nsfw_space.model.quantize import norm_linear_pairs
+
+    model = AutoModelForImageClassification.from_pretrained(str(source), local_files_only=True).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for norm, linears in norm_linear_pairs(model):
+            chosen = torch.randperm(norm.weight.numel(), generator=generator)[:channels]
+            norm.weight[chosen] *= factor
+            norm.bias[chosen] *= factor
+            for layer in linears:
+                layer.weight[:, chosen] /= factor
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    AutoImageProcessor.from_pretrained(str(source), local_files_only=True).save_pretrained(directory)
+    return directory
+
+
 def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
     """``image`` encoded as a JPEG."""
     buffer = io.BytesIO()

@@ -1,0 +1,278 @@
+"""Slow optimisations (today: the int8 package) built in a child process of their own.
+
+Why a child: torch's export and quantisation set process-wide state (fake-tensor modes, compile
+caches, C++ threads) that must never meet a serving thread, a crash in the C++ compiler must not
+take the server down, and a build must not hold the interpreter at exit. The child runs at the
+lowest CPU priority with few threads, so requests keep nearly their own speed meanwhile.
+
+Every outcome is kept under the package's cache key: the package itself, or ``refused.json`` with
+the reason (a failed check, a crash), so a restart neither repeats a refused build nor spends its
+first minutes on it (``NSFW_SPACE_INT8_RETRY=1`` forces one more attempt). Work is done in a
+hidden folder named after the process that owns it; whatever way a build ends, that folder goes,
+and a start sweeps the folders of owners that are gone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+REFUSED = "refused.json"
+RETRY_SETTING = "NSFW_SPACE_INT8_RETRY"
+LEGACY_GRACE_S = 600  # a hidden work folder that names no owner is swept once this old
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """What the child needs: where the package goes, the fp32 weights to load (a local directory
+    or hub id), and how the parent serves meanwhile (to time int8 against it)."""
+
+    folder: str
+    source: str
+    revision: str | None
+    serving_dtype: str  # "float32", "bfloat16", ...
+    threads: int  # the parent's torch threads: both forwards are timed with as many
+    workdir: str
+    parent_pid: int
+    tolerance: float  # the check's bound, as the parent holds it
+
+
+# -- outcomes in the cache -------------------------------------------------------------------------
+def refusal(folder: Path) -> str | None:
+    """The reason an earlier build under this key was refused, or None."""
+    try:
+        return str(json.loads((folder / REFUSED).read_text())["reason"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record_refusal(folder: Path, reason: str) -> None:
+    """Store ``refused.json`` as the outcome under ``folder`` (written aside, then renamed)."""
+    import torch
+
+    aside = new_workdir(folder)
+    try:
+        record = {"reason": reason, "torch": torch.__version__, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        (aside / REFUSED).write_text(json.dumps(record, indent=1))
+        publish(aside, folder)
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def publish(workdir: Path, folder: Path) -> None:
+    """Make ``workdir`` the outcome at ``folder`` in one rename (an older outcome is replaced)."""
+    if folder.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.replace(workdir, folder)
+    except OSError:  # another process published the same key first: theirs is as good
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def new_workdir(folder: Path) -> Path:
+    """A hidden folder beside ``folder``, named after this process so a sweep knows its owner."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.{os.getpid()}.", dir=folder.parent))
+
+
+def sweep(root: Path) -> int:
+    """Remove hidden work folders in ``root`` whose owning process is gone; returns how many."""
+    removed = 0
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.is_dir()):
+            continue
+        owner = _owner(entry.name)
+        stale = not _alive(owner) if owner else time.time() - entry.stat().st_mtime > LEGACY_GRACE_S
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    if removed:
+        logger.info("removed %d unfinished build folder(s) from %s", removed, root)
+    return removed
+
+
+def _owner(name: str) -> int | None:
+    parts = name.split(".")  # "", key, pid, random
+    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- the parent's side -------------------------------------------------------------------------------
+_children: set[subprocess.Popen] = set()
+_children_lock = threading.Lock()
+
+
+def build_in_child(spec: BuildSpec, timeout: float | None = None) -> None:
+    """Run the build in a child process and wait for it. On return, ``spec.folder`` holds the
+    outcome (package or refusal), unless this process is exiting (then nothing is kept).
+    The work folder is removed however the child ends."""
+    package_root = str(Path(__file__).resolve().parents[2])  # found also when not pip-installed
+    paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(paths),
+        "TORCHINDUCTOR_COMPILE_THREADS": "1",
+        "OMP_NUM_THREADS": str(_build_threads(spec)),
+    }
+    command = [sys.executable, "-m", "nsfw_space.model.builds", json.dumps(asdict(spec))]
+    child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    with _children_lock:
+        _children.add(child)
+    try:
+        code = child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _stop(child)
+        code = None
+    finally:
+        with _children_lock:
+            _children.discard(child)
+        shutil.rmtree(spec.workdir, ignore_errors=True)
+    folder = Path(spec.folder)
+    if _exiting.is_set() or (folder.exists() and code == 0):
+        return
+    why = "it ran past its time limit" if code is None else _ending(code)
+    record_refusal(folder, f"the build process ended before it finished ({why})")
+
+
+def _ending(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
+
+def _build_threads(spec: BuildSpec) -> int:
+    """Half the parent's threads (at least one) for export, calibration and compilation."""
+    return max(1, spec.threads // 2)
+
+
+_exiting = threading.Event()
+
+
+def exiting() -> bool:
+    """True once this process has begun to exit (builds are being stopped)."""
+    return _exiting.is_set()
+
+
+def stop_all() -> None:
+    """Stop every running build (at exit): each child cleans its work folder; nothing is recorded."""
+    _exiting.set()
+    with _children_lock:
+        children = list(_children)
+    for child in children:
+        _stop(child)
+
+
+def _stop(child: subprocess.Popen) -> None:
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+atexit.register(stop_all)
+
+
+# -- the child's side ---------------------------------------------------------------------------------
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to send SIGTERM when the parent dies (a killed server leaves no build running)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before the request took hold
+        raise SystemExit(0)
+
+
+def _run_child(spec: BuildSpec) -> None:
+    import torch
+
+    from nsfw_space.model import quantize
+    from nsfw_space.model.loading import load_model_and_processor
+    from nsfw_space.model.optimize import eager_forward
+    from nsfw_space.model.preprocess import Preprocessor
+    from nsfw_space.model.runner import prepared_model
+
+    folder, workdir = Path(spec.folder), Path(spec.workdir)
+    root = folder.parent
+    handle = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # one build at a time per cache folder, across processes
+        if (folder / "meta.json").is_file() or refusal(folder):
+            return  # another process finished this key while we waited
+        torch.set_num_threads(_build_threads(spec))
+        try:
+            model, processor = load_model_and_processor(spec.source, revision=spec.revision)
+            preprocess = Preprocessor(processor)
+            served = prepared_model(
+                model, torch.device("cpu"), getattr(torch, spec.serving_dtype), copy_first=True
+            )
+            plain = eager_forward(served)
+
+            def plain_scores(pixels):
+                tensor = torch.from_numpy(pixels).to(getattr(torch, spec.serving_dtype))
+                with torch.inference_mode():
+                    return plain(tensor)
+
+            quantize.TOLERANCE = spec.tolerance
+            quantize.build_package(
+                model, folder, workdir, preprocess, plain_scores, timing_threads=spec.threads
+            )
+        except Exception as err:  # noqa: BLE001 - every refusal is an outcome to remember
+            logger.warning("int8 build refused: %s", err)
+            record_refusal(folder, str(err))
+    finally:
+        os.close(handle)
+
+
+def main(argv: list[str]) -> int:
+    spec = BuildSpec(**json.loads(argv[1]))
+    _die_with_parent(spec.parent_pid)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds, so the work folder goes
+    with contextlib.suppress(OSError):
+        os.nice(19)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from nsfw_space.logs import quiet_libraries
+
+    quiet_libraries()
+    try:
+        _run_child(spec)
+    finally:
+        shutil.rmtree(spec.workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

@@ -1,0 +1,136 @@
+"""Serving through int8: find the package cached for a classifier's weights and CPU, or have one
+built in a child process (:mod:`nsfw_space.model.builds`) while the current plan serves, then swap
+it in whole. What :meth:`NSFWClassifier.use_int8` does."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from nsfw_space.model import builds, quantize
+from nsfw_space.model.runner import ForwardPlan
+
+if TYPE_CHECKING:
+    from nsfw_space.model.classifier import NSFWClassifier
+
+logger = logging.getLogger(__name__)
+
+BUILDS = ("aside", "now", "never")
+RETRY_HINT = f"set {builds.RETRY_SETTING}=1 to try again"
+
+
+def use_int8(
+    classifier: NSFWClassifier,
+    when: str = "always",
+    *,
+    cache_dir: str | Path | None = None,
+    source: tuple[str, str | None] | None = None,
+    build: str = "aside",
+    retry: bool = False,
+) -> str:
+    """See :meth:`NSFWClassifier.use_int8`."""
+    if build not in BUILDS:
+        raise ValueError(f"build must be one of {', '.join(BUILDS)}, not {build!r}")
+    if classifier.device.type != "cpu":
+        return f"int8 runs on the CPU, not on {classifier.device.type}"
+    reason = quantize.missing_requirement()
+    if reason:
+        logger.warning("int8 not available: %s; serving %s", reason, classifier.precision)
+        return reason
+    folder = package_folder(classifier, cache_dir)
+    builds.sweep(folder.parent)
+    package = quantize.load_package(folder, classifier.preprocess)
+    if package is not None:
+        return adopt(classifier, package, when)
+    earlier = builds.refusal(folder)
+    if earlier and not retry:
+        logger.info(
+            "int8 not built for %s: refused at an earlier start (%s); %s; serving %s",
+            classifier.name,
+            earlier,
+            RETRY_HINT,
+            classifier.precision,
+        )
+        return earlier
+    if build == "never":
+        return "not built"
+    if earlier:
+        shutil.rmtree(folder, ignore_errors=True)  # retrying: the old refusal goes
+    spec = _spec(classifier, folder, source)
+
+    def make() -> None:
+        builds.build_in_child(spec)
+        if builds.exiting():
+            return  # this process is ending: nothing to serve any more
+        built = quantize.load_package(folder, classifier.preprocess)
+        if built is None:
+            why = builds.refusal(folder)
+            raise quantize.Int8Unavailable(f"{why}; {RETRY_HINT}" if why else "the build left no package")
+        logger.info("int8 package built in %.0f s: %s", built.meta.get("build_seconds", 0), folder)
+        adopt(classifier, built, when)
+
+    if build == "now":
+        logger.info("building int8 now (a minute or two, once per model and CPU)")
+        try:
+            make()
+        except Exception as err:  # noqa: BLE001 - the served forward stays; say why
+            logger.warning("int8 not used (%s); serving on with %s", err, classifier.optimization)
+            return str(err)
+        return "int8" if classifier.precision == "int8" else "slower here"
+    logger.info(
+        "building int8 aside in a child process (a minute or two, once per model and CPU); serving %s meanwhile",
+        classifier.precision,
+    )
+    classifier._runner.build_aside("int8", make)
+    return "building"
+
+
+def package_folder(classifier: NSFWClassifier, cache_dir: str | Path | None) -> Path:
+    """Where the package (or the refusal) for this classifier's weights, torch and CPU is kept."""
+    root = Path(cache_dir) if cache_dir else quantize.default_cache_dir()
+    if classifier._int8_key is None:  # a digest of all the weights: computed once
+        classifier._int8_key = quantize.package_key(classifier.model, classifier.name)
+    return root / "int8" / classifier._int8_key
+
+
+def adopt(classifier: NSFWClassifier, package: Any, when: str) -> str:
+    """Swap the checked package in as the plan (unless ``if-faster`` and it was measured slower)."""
+    if when == "if-faster" and not package.faster:
+        logger.info("int8 not used: %s", quantize.describe(package.meta))
+        return "slower here"
+    classifier._runner.plan = ForwardPlan(
+        package.forward, package.forward, name="int8", input_dtype=torch.float32
+    )
+    logger.info("serving int8 (%s)", quantize.describe(package.meta))
+    return "int8"
+
+
+def _spec(
+    classifier: NSFWClassifier, folder: Path, source: tuple[str, str | None] | None
+) -> builds.BuildSpec:
+    """What the child builds from: the model's own files (``source``: hub id or directory, and
+    revision), else this classifier's fp32 weights saved into the build's work folder."""
+    workdir = builds.new_workdir(folder)
+    if source is None:
+        if classifier.dtype != torch.float32:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise quantize.Int8Unavailable("no fp32 weights to quantise were given")
+        saved = workdir / "source"
+        classifier.model.save_pretrained(saved)
+        classifier.processor.save_pretrained(saved)
+        source = (str(saved), None)
+    return builds.BuildSpec(
+        folder=str(folder),
+        source=source[0],
+        revision=source[1],
+        serving_dtype=str(classifier.dtype).replace("torch.", ""),
+        threads=torch.get_num_threads(),
+        workdir=str(workdir),
+        parent_pid=os.getpid(),
+        tolerance=quantize.TOLERANCE,
+    )
