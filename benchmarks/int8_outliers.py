@@ -25,9 +25,10 @@ from nsfw_space.model.device import cpu_description
 from nsfw_space.model.loading import load_model_and_processor
 from nsfw_space.model.optimize import Logits
 from nsfw_space.model.preprocess import Preprocessor
+from nsfw_space.model.smoothing import SMOOTHING, smooth
 from nsfw_space.tools.synthetic import VIT_BASE, VIT_TINY, build_model_dir, with_outlier_channels
 
-RECIPES = {"static (before)": 0.0, "static + smoothing (now)": quantize.SMOOTHING}
+RECIPES = {"static (before)": 0.0, "static + smoothing (now)": SMOOTHING}
 
 
 def measure(model_dir: Path, alpha: float, reduce_range: bool, workdir: Path) -> tuple[float, float, float]:
@@ -39,7 +40,7 @@ def measure(model_dir: Path, alpha: float, reduce_range: bool, workdir: Path) ->
     with torch.inference_mode():
         reference = torch.softmax(Logits(model)(torch.from_numpy(held_out)).float(), -1).numpy()
     started = time.perf_counter()
-    smoothed = quantize.smooth(model, calibration, alpha) if alpha else model
+    smoothed = smooth(model, calibration, alpha) if alpha else model
     path = workdir / f"{model_dir.name}-{alpha}-{int(reduce_range)}.pt2"
     quantize._compile_package(Logits(smoothed).eval(), calibration, path, reduce_range)
     seconds = time.perf_counter() - started

@@ -129,7 +129,7 @@ def run_explain(args: argparse.Namespace) -> int:
     import json
 
     from nsfw_space.bulk.explained import ExplanationFiles
-    from nsfw_space.bulk.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, listing
+    from nsfw_space.bulk.locations import IMAGE_SUFFIXES, VIDEO_SUFFIXES, listing
     from nsfw_space.errors import ConfigError, InvalidImageError
 
     settings = settings_from(args)

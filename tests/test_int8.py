@@ -35,35 +35,60 @@ def int8_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(model_dir, int8_cache, photos):
-    """The first int8 classifier: it serves fp32 at once and builds int8 aside. Returns it with
-    the predictions made while the build ran and the seconds from_pretrained took."""
+    """The first int8 classifier: it serves fp32 at once and builds int8 in a child process. While
+    it builds, the Space around it is called as the issue's host did: three gradio_client callers
+    on /classify and one on /moderate_batch from the first second. Returns the classifier, what
+    the callers got (precision, nsfw score, or the error) and the seconds from_pretrained took."""
+    from gradio_client import Client, handle_file
+
+    from nsfw_space import Settings
+    from tests.helpers import launched
+
     started = time.perf_counter()
     clf = NSFWClassifier.from_pretrained(
         str(model_dir), device="cpu", precision="int8", cache_dir=str(int8_cache)
     )
     load_seconds = time.perf_counter() - started
-    served_while_building: list[tuple[str, float]] = []
+    served_while_building: list[tuple[str, float | str]] = []
     stop = threading.Event()
 
-    def keep_asking() -> None:
+    def keep_asking(url: str, batch: bool) -> None:
+        client = Client(url, verbose=False)
         while not stop.is_set():
-            prediction = clf.predict(photos[0])
-            served_while_building.append((clf.precision, prediction.nsfw_score))
+            precision = clf.precision
+            try:
+                if batch:
+                    rows = client.predict(
+                        [handle_file(str(p)) for p in photos[:2]], api_name="/moderate_batch"
+                    )
+                    score = rows[0]["nsfw_score"]
+                else:
+                    score = client.predict(handle_file(str(photos[0])), 0.5, api_name="/moderate")[
+                        "nsfw_score"
+                    ]
+            except Exception as err:  # noqa: BLE001 - a failed call is what the test counts
+                served_while_building.append((precision, f"failed: {err}"))
+            else:
+                served_while_building.append((precision, score))
 
-    asker = threading.Thread(target=keep_asking)
-    asker.start()
-    try:
-        assert clf.wait_until_ready(600)
-    finally:
-        stop.set()
-        asker.join()
+    with launched(clf, Settings(max_file_size="50MB")) as url:
+        askers = [threading.Thread(target=keep_asking, args=(url, i == 3)) for i in range(4)]
+        for asker in askers:
+            asker.start()
+        try:
+            assert clf.wait_until_ready(600)
+        finally:
+            stop.set()
+            for asker in askers:
+                asker.join()
     return clf, served_while_building, load_seconds
 
 
 def test_int8_serves_fp32_at_once_then_swaps_in_the_checked_package(built, card_scores, photos):
     clf, served, load_seconds = built
     assert load_seconds < 20  # the build did not hold up loading
-    assert served and served[0][0] == "fp32"  # requests were answered while int8 was being built
+    assert [score for _, score in served if isinstance(score, str)] == []  # no call failed
+    assert sum(precision == "fp32" for precision, _ in served) >= 4  # answered while int8 was built
     expected = card_scores[str(photos[0])]
     assert all(score == pytest.approx(expected, abs=0.01) for _, score in served)
     assert clf.precision == "int8" and clf.optimization == "int8"
@@ -262,3 +287,21 @@ def test_int8_holds_on_a_model_with_outlier_channels(model_dir, tmp_path, photos
     assert meta["max_difference"] <= 0.01
     for path in photos:
         assert clf.predict(path).nsfw_score == pytest.approx(same.predict(path).nsfw_score, abs=0.01)
+
+
+def test_a_short_command_starts_no_build_and_exits_cleanly(model_dir, tmp_path, photos):
+    """scan with precision auto on an empty cache: no build started (nothing in the cache, no
+    child left), the rows written, exit 0 within seconds."""
+    from tests.test_cli import run_cli
+
+    out = tmp_path / "out.csv"
+    env = {"NSFW_SPACE_PRECISION": "auto", "NSFW_SPACE_CACHE_DIR": str(tmp_path / "cache")}
+    started = time.perf_counter()
+    result = run_cli(
+        "scan", str(photos[0]), str(photos[1]), "-m", str(model_dir), "-o", str(out), env_extra=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.perf_counter() - started < 60
+    assert len(out.read_text().splitlines()) == 3
+    assert not (tmp_path / "cache" / "int8").exists() or not any((tmp_path / "cache" / "int8").iterdir())
+    assert "Traceback" not in result.stderr and "terminate called" not in result.stderr

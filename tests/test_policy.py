@@ -331,9 +331,11 @@ def test_the_pages_score_plot_marks_the_flagged_segments(classifier, scored, tmp
     low.save(buffer, format="GIF", save_all=True, append_images=[high, again, low], duration=500, loop=0)
     media = {"path": None, "url": "data:image/gif;base64," + base64.b64encode(buffer.getvalue()).decode()}
     middle = (scored["low"] + scored["high"]) / 2
-    views = PageViews(classifier, Settings(), Policy(block=min(1.0, scored["high"] + 0.01), review=middle))
+    policy = Policy(block=min(1.0, scored["high"] + 0.01), review=middle)
+    assert policy.review == round(middle, 6)  # the policy keeps its thresholds to 6 digits
+    views = PageViews(classifier, Settings(), policy)
     verdict, plot, result = views.frames_view(media, None, "max", 2, 8)
     assert "verdict-review" in verdict and result["segments"][0]["start"] == 0.5
     flagged = plot[plot["series"] == "flagged 1"]
     assert list(flagged["time (s)"]) == [0.5, 1.5] and set(flagged["nsfw score"]) == {1.0}
-    assert set(plot[plot["series"] == "review threshold"]["nsfw score"]) == {middle}
+    assert set(plot[plot["series"] == "review threshold"]["nsfw score"]) == {policy.review}

@@ -18,18 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from nsfw_space.bulk.explained import ExplanationFiles
-from nsfw_space.bulk.sources import (
-    IMAGE_SUFFIXES,
-    VIDEO_SUFFIXES,
-    Inputs,
-    Item,
-    Loaded,
-    items_from,
-    listing,
-    load,
-    units_of,
-    walk,
-)
+from nsfw_space.bulk.locations import IMAGE_SUFFIXES, VIDEO_SUFFIXES, listing, walk
+from nsfw_space.bulk.sources import Inputs, Item, Loaded, items_from, load, units_of
 from nsfw_space.bulk.writers import csv_cell, csv_text
 from nsfw_space.errors import ConfigError, InvalidImageError
 from nsfw_space.model.classifier import NSFWClassifier

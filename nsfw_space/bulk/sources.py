@@ -11,18 +11,24 @@ the driver never reads an image. Every read is bounded: no item's bytes are read
 from __future__ import annotations
 
 import hashlib
-import os
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import Any
 
+from nsfw_space.bulk.locations import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    _open_random,
+    exists,
+    is_uri,
+    listing,
+    open_stream,
+)
 from nsfw_space.config import Settings
 from nsfw_space.errors import ConfigError, InvalidImageError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ico", ".jfif"}
-VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
 INPUT_FORMATS = ("files", "parquet", "webdataset")
 FORMAT_SUFFIXES = {".parquet": "parquet", ".tar": "webdataset"}  # anything else is an image file
 PARQUET_FLAGS = ("image_column", "url_column", "id_column")
@@ -141,89 +147,6 @@ def load(item: Item) -> Loaded:
 
 
 # --- where inputs live: this machine, or object storage through pyarrow's filesystems ---------------
-def is_uri(path: str | Path) -> bool:
-    return "://" in str(path)
-
-
-def _remote(uri: str) -> tuple[Any, str, str]:
-    """(filesystem, path inside it, scheme) for an object-storage URI."""
-    import pyarrow.fs as pafs
-
-    try:
-        filesystem, inner = pafs.FileSystem.from_uri(uri)
-    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        raise ConfigError(f"Cannot open {uri}: {err}") from err
-    return filesystem, inner, uri.split("://", 1)[0]
-
-
-def exists(path: str) -> bool:
-    if not is_uri(path):
-        return Path(path).exists()
-    import pyarrow.fs as pafs
-
-    filesystem, inner, _ = _remote(path)
-    try:
-        return filesystem.get_file_info(inner).type != pafs.FileType.NotFound
-    except OSError as err:
-        raise ConfigError(f"Cannot reach {path}: {err}") from err
-
-
-def open_stream(path: str) -> IO[bytes]:
-    """A readable binary stream of a local file or an object."""
-    if not is_uri(path):
-        return open(path, "rb")
-    filesystem, inner, _ = _remote(path)
-    return filesystem.open_input_stream(inner)
-
-
-def _open_random(path: str) -> Any:
-    if not is_uri(path):
-        return open(path, "rb")
-    filesystem, inner, _ = _remote(path)
-    return filesystem.open_input_file(inner)
-
-
-def listing(paths: Iterable[str | Path], suffixes: set[str]) -> Iterator[str]:
-    """Files named directly, and files with one of ``suffixes`` found recursively in folders (or
-    under URI prefixes), in a stable order."""
-    for raw in paths:
-        if is_uri(raw):
-            yield from _remote_listing(str(raw), suffixes)
-            continue
-        path = Path(raw)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                for name in sorted(files):
-                    if Path(name).suffix.lower() in suffixes:
-                        yield str(Path(root) / name)
-        else:
-            yield str(path)
-
-
-def _remote_listing(uri: str, suffixes: set[str]) -> Iterator[str]:
-    import pyarrow.fs as pafs
-
-    filesystem, inner, scheme = _remote(uri)
-    try:
-        if filesystem.get_file_info(inner).type == pafs.FileType.File:
-            yield uri
-            return
-        found = filesystem.get_file_info(pafs.FileSelector(inner, recursive=True))
-    except OSError as err:
-        raise ConfigError(f"Cannot list {uri}: {err}") from err
-    query = f"?{uri.split('?', 1)[1]}" if "?" in uri else ""  # options such as ?endpoint_override=
-    names = sorted(f.path for f in found if f.type == pafs.FileType.File)
-    for name in names:
-        if PurePosixPath(name).suffix.lower() in suffixes:
-            yield f"{scheme}://{name}{query}"
-
-
-def walk(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """Files named directly, and images/videos found recursively in folders, in a stable order."""
-    return (Path(name) for name in listing(paths, IMAGE_SUFFIXES | VIDEO_SUFFIXES))
-
-
 def read_file(path: str, max_bytes: int | None) -> bytes:
     with open_stream(path) as handle:
         data = handle.read(-1 if max_bytes is None else max_bytes + 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,10 @@ from nsfw_space.model.device import int8_choice, resolve_device, resolve_precisi
 from nsfw_space.model.explain import Explainer, Explanation
 from nsfw_space.model.labels import find_nsfw_indices
 from nsfw_space.model.loading import load_model_and_processor
-from nsfw_space.model.optimize import eager_forward
 from nsfw_space.model.pipeline import iter_predictions
 from nsfw_space.model.prediction import Prediction, source_name
 from nsfw_space.model.preprocess import Decoded, Decoder, Preprocessor
-from nsfw_space.model.runner import ForwardPlan, Runner, prepared_model
+from nsfw_space.model.runner import Runner, prepared_model
 
 logger = logging.getLogger(__name__)
 
@@ -189,19 +188,7 @@ class NSFWClassifier:
 
         With ``compile``, smaller batches are padded to ``batch_size`` so one compiled shape serves.
         """
-        from nsfw_space.model.optimize import build_forward, resolve_mode
-
-        wanted = resolve_mode(mode, self.device)
-        probe = self._probe(1 if wanted == "jit" else batch_size)
-        forward, used = build_forward(self.model, wanted, probe)
-        eager = eager_forward(self.model)
-        self._runner.plan = ForwardPlan(
-            single=forward if used == "jit" else eager,
-            batch=forward if used == "compile" else eager,
-            pad_to=batch_size if used == "compile" else 0,
-            name=used,
-        )
-        return used
+        return self._runner.optimize(mode, self.device, self.dtype, self._input_size, batch_size)
 
     def use_int8(
         self,
@@ -260,33 +247,7 @@ class NSFWClassifier:
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """A batch of preprocessed images (N, 3, H, W) -> label probabilities (N, labels)."""
-        plan = self._runner.plan  # read once: one consistent plan for the whole call
-        if len(pixels) == 1 or not plan.pad_to:
-            forward = plan.single if len(pixels) == 1 else plan.batch
-            return self._run(forward, pixels)
-        # A fixed-shape forward (JIT or compiled batches): whole chunks, the last one padded.
-        chunks = []
-        for start in range(0, len(pixels), plan.pad_to):
-            chunk = pixels[start : start + plan.pad_to]
-            count = len(chunk)
-            if count < plan.pad_to:
-                padding = np.zeros((plan.pad_to - count, *chunk.shape[1:]), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, padding])
-            chunks.append(self._run(plan.batch, chunk)[:count])
-        return np.concatenate(chunks)
-
-    def _run(self, forward: Callable[[torch.Tensor], torch.Tensor], pixels: np.ndarray) -> np.ndarray:
-        dtype = self._runner.plan.input_dtype or self.dtype
-        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, dtype)
-        with self._runner.lock, torch.inference_mode():
-            logits = forward(tensor)
-        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
-
-    def _probe(self, rows: int) -> torch.Tensor:
-        """A fixed random input of ``rows`` images, to build and check a faster forward with."""
-        height, width = self._input_size
-        probe = torch.randn(rows, 3, height, width, generator=torch.Generator().manual_seed(0))
-        return probe.to(self.device, self.dtype)
+        return self._runner.probabilities(pixels, self.device, self.dtype)
 
     def make_prediction(
         self,
@@ -296,26 +257,11 @@ class NSFWClassifier:
         rule: str = "max",
         k: int = 1,
     ) -> Prediction:
-        """Label probabilities of one input's frames (frames, labels) -> Prediction.
+        """Label probabilities of one input's frames (frames, labels) -> Prediction, several frames
+        summed up by ``rule`` (see :func:`nsfw_space.model.rules.frames_prediction`)."""
+        from nsfw_space.model.rules import frames_prediction
 
-        Several frames are summed up by ``rule`` (``max``, ``mean`` or ``k-of-n``, see
-        :func:`nsfw_space.model.rules.summarise`); the scores are those of the deciding frame (the
-        frame average for ``mean``).
-        """
-        from nsfw_space.model.rules import summarise
-
-        nsfw = probs[:, self.nsfw_indices].sum(axis=1)
-        summary = summarise(nsfw, rule, k)
-        row = probs.mean(axis=0) if rule == "mean" else probs[summary.frame]
-        scores = {label: float(row[i]) for i, label in enumerate(self.labels)}
-        several = len(probs) > 1
-        return Prediction(
-            scores=scores,
-            nsfw_score=summary.score,
-            source=source,
-            frame_scores=tuple(float(v) for v in nsfw) if several else None,
-            frame_times=(times or tuple(0.0 for _ in nsfw)) if several else None,
-        )
+        return frames_prediction(probs, self.labels, self.nsfw_indices, source, times, rule, k)
 
     def prediction_from_scores(self, scores: dict[str, float]) -> Prediction:
         """A Prediction from label probabilities already computed (e.g. the bars on the page)."""

@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from nsfw_space.model.optimize import eager_forward
+from nsfw_space.model.optimize import build_forward, eager_forward, resolve_mode
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,60 @@ class Runner:
         thread = threading.Thread(target=run, name=f"nsfw-build-{name}", daemon=True)
         self._builds.append(thread)
         thread.start()
+
+    def optimize(
+        self,
+        mode: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        input_size: tuple[int, int],
+        batch_size: int,
+    ) -> str:
+        """Build and swap in the plan of optimisation ``mode``; returns the mode in use."""
+        wanted = resolve_mode(mode, device)
+        height, width = input_size
+        rows = 1 if wanted == "jit" else batch_size
+        probe = torch.randn(rows, 3, height, width, generator=torch.Generator().manual_seed(0))
+        forward, used = build_forward(self.model, wanted, probe.to(device, dtype))
+        eager = eager_forward(self.model)
+        self.plan = ForwardPlan(
+            single=forward if used == "jit" else eager,
+            batch=forward if used == "compile" else eager,
+            pad_to=batch_size if used == "compile" else 0,
+            name=used,
+        )
+        return used
+
+    def probabilities(self, pixels: np.ndarray, device: torch.device, dtype: torch.dtype) -> np.ndarray:
+        """A batch of preprocessed images (N, 3, H, W) -> label probabilities (N, labels), all
+        through the one plan read at the start (a swap meanwhile never mixes two plans)."""
+        plan = self.plan
+        dtype = plan.input_dtype or dtype
+        if len(pixels) == 1 or not plan.pad_to:
+            forward = plan.single if len(pixels) == 1 else plan.batch
+            return self._run(forward, pixels, device, dtype)
+        # A fixed-shape forward (compiled batches): whole chunks, the last one padded.
+        chunks = []
+        for start in range(0, len(pixels), plan.pad_to):
+            chunk = pixels[start : start + plan.pad_to]
+            count = len(chunk)
+            if count < plan.pad_to:
+                padding = np.zeros((plan.pad_to - count, *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, padding])
+            chunks.append(self._run(plan.batch, chunk, device, dtype)[:count])
+        return np.concatenate(chunks)
+
+    def _run(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        pixels: np.ndarray,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> np.ndarray:
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(device, dtype)
+        with self.lock, torch.inference_mode():
+            logits = forward(tensor)
+        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
     def wait_for_builds(self, timeout: float | None = None) -> bool:
         """Wait for builds started with :meth:`build_aside`; True when none is still running."""

@@ -96,7 +96,7 @@ def with_outlier_channels(
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from nsfw_space.model.quantize import norm_linear_pairs
+    from nsfw_space.model.smoothing import norm_linear_pairs
 
     model = AutoModelForImageClassification.from_pretrained(str(source), local_files_only=True).eval()
     generator = torch.Generator().manual_seed(seed)
