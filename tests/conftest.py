@@ -22,6 +22,14 @@ from nsfw_space import NSFWClassifier, Settings
 from nsfw_space.tools.synthetic import build_model_dir, jpeg_bytes, varied_image
 
 ROOT = Path(__file__).resolve().parent.parent
+# The longest modules first: with `-n 2 --dist loadfile` (pyproject's addopts) each goes to a
+# worker of its own at the start, and the short ones fill in around them.
+LONGEST_FIRST = ("test_scale.py", "test_int8.py", "test_explain.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
 
 
 @pytest.fixture(scope="session")

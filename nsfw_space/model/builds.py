@@ -247,9 +247,8 @@ def _run_child(spec: BuildSpec) -> None:
                     return plain(tensor)
 
             quantize.TOLERANCE = spec.tolerance
-            quantize.build_package(
-                model, folder, workdir, preprocess, plain_scores, timing_threads=spec.threads
-            )
+            quantize.build_package(model, workdir, preprocess, plain_scores, timing_threads=spec.threads)
+            publish(workdir / "package", folder)
         except Exception as err:  # noqa: BLE001 - every refusal is an outcome to remember
             logger.warning("int8 build refused: %s", err)
             record_refusal(folder, str(err))

@@ -258,8 +258,8 @@ class NSFWClassifier:
         k: int = 1,
     ) -> Prediction:
         """Label probabilities of one input's frames (frames, labels) -> Prediction, several frames
-        summed up by ``rule`` (see :func:`nsfw_space.model.rules.frames_prediction`)."""
-        from nsfw_space.model.rules import frames_prediction
+        summed up by ``rule`` (see :func:`nsfw_space.model.prediction.frames_prediction`)."""
+        from nsfw_space.model.prediction import frames_prediction
 
         return frames_prediction(probs, self.labels, self.nsfw_indices, source, times, rule, k)
 

@@ -5,19 +5,35 @@ comes from the explainer's fp32 copy, at the frame that decided an animation's s
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from nsfw_space.errors import InvalidImageError
-from nsfw_space.media.budgets import PixelBudget
+from nsfw_space.media.budgets import DecodeLimits, PixelBudget
 from nsfw_space.media.images import ImageSource, describe, frame_time, load_image
 from nsfw_space.model.explain import Explainer, Explanation
-from nsfw_space.model.prediction import source_name
+from nsfw_space.model.prediction import Prediction, source_name
 
-if TYPE_CHECKING:
-    from nsfw_space.model.classifier import NSFWClassifier
+
+class NSFWClassifier(Protocol):
+    """What explaining in batches needs of a classifier (the real NSFWClassifier is one)."""
+
+    nsfw_indices: list[int]
+    limits: DecodeLimits
+
+    def load(
+        self, source: ImageSource, frames: int | None = None, budget: PixelBudget | None = None
+    ) -> list: ...
+
+    def preprocess(self, image: Image.Image) -> np.ndarray: ...
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray: ...
+
+    def make_prediction(
+        self, probs: np.ndarray, source: str | None, times: tuple[float, ...] | None, rule: str, k: int
+    ) -> Prediction: ...
 
 
 def explain_sources(

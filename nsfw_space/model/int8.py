@@ -8,19 +8,41 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from nsfw_space.model import builds, quantize
-from nsfw_space.model.runner import ForwardPlan
-
-if TYPE_CHECKING:
-    from nsfw_space.model.classifier import NSFWClassifier
+from nsfw_space.model.runner import ForwardPlan, Runner
 
 logger = logging.getLogger(__name__)
 
 BUILDS = ("aside", "now", "never")
+
+
+class NSFWClassifier(Protocol):
+    """What serving through int8 needs of a classifier (the real NSFWClassifier is one)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    name: str
+    processor: Any
+    _runner: Runner
+    _int8_key: str | None
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+
+    @property
+    def precision(self) -> str: ...
+
+    @property
+    def optimization(self) -> str: ...
+
+    def preprocess(self, image: Any) -> np.ndarray: ...
+
+
 RETRY_HINT = f"set {builds.RETRY_SETTING}=1 to try again"
 
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -69,3 +71,32 @@ class Prediction:
 def source_name(source: object) -> str | None:
     """The path of a path-like source, else None."""
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+
+
+def frames_prediction(
+    probs: np.ndarray,
+    labels: list[str],
+    nsfw_indices: list[int],
+    source: str | None = None,
+    times: tuple[float, ...] | None = None,
+    rule: str = "max",
+    k: int = 1,
+) -> Prediction:
+    """Label probabilities of one input's frames (frames, labels) -> Prediction.
+
+    Several frames are summed up by ``rule`` (``max``, ``mean`` or ``k-of-n``, see
+    :func:`nsfw_space.model.rules.summarise`); the scores are those of the deciding frame (the frame average for ``mean``).
+    """
+    from nsfw_space.model.rules import summarise
+
+    nsfw = probs[:, nsfw_indices].sum(axis=1)
+    summary = summarise(nsfw, rule, k)
+    row = probs.mean(axis=0) if rule == "mean" else probs[summary.frame]
+    several = len(probs) > 1
+    return Prediction(
+        scores={label: float(row[i]) for i, label in enumerate(labels)},
+        nsfw_score=summary.score,
+        source=source,
+        frame_scores=tuple(float(v) for v in nsfw) if several else None,
+        frame_times=(times or tuple(0.0 for _ in nsfw)) if several else None,
+    )

@@ -193,7 +193,6 @@ def load_package(folder: Path, preprocess: Callable[[Any], np.ndarray]) -> Int8P
 
 def build_package(
     fp32_model: torch.nn.Module,
-    folder: Path,
     workdir: Path,
     preprocess: Callable[[Any], np.ndarray],
     plain: Callable[[np.ndarray], Any],
@@ -203,9 +202,10 @@ def build_package(
 ) -> dict[str, Any]:
     """Quantise ``fp32_model`` (smoothed first, see :func:`smooth`), compile it, check it against
     fp32 on photographs and generated pictures, time it against ``plain`` (the forward served
-    meanwhile, with ``timing_threads``) and publish it at ``folder`` (written in ``workdir``, then
-    renamed: a half-written package is never seen). Returns its meta; raises Int8Unavailable, or
-    ValueError when the check refuses it. Called in the build's child process (``builds``)."""
+    meanwhile, with ``timing_threads``) and write it to ``workdir / "package"``, for the caller to
+    publish in one rename (a half-written package is never seen). Returns its meta; raises
+    Int8Unavailable, or ValueError when the check refuses it. Called in the build's child process
+    (``builds``)."""
     reason = missing_requirement()
     if reason:
         raise Int8Unavailable(reason)
@@ -235,9 +235,6 @@ def build_package(
         "plain_images_per_s": _images_per_second(plain, held_out),
     }
     (package / "meta.json").write_text(json.dumps(meta, indent=1))
-    from nsfw_space.model.builds import publish
-
-    publish(package, folder)
     return meta
 
 

@@ -10,7 +10,6 @@ import numpy as np
 
 from nsfw_space.errors import ConfigError
 from nsfw_space.model.policy import reported
-from nsfw_space.model.prediction import Prediction
 from nsfw_space.modes import FrameRule
 
 RULES = tuple(rule.value for rule in FrameRule)
@@ -94,30 +93,3 @@ def flagged_segments(
         else:
             segments.append(Segment(time, end, score))
     return segments
-
-
-def frames_prediction(
-    probs: np.ndarray,
-    labels: list[str],
-    nsfw_indices: list[int],
-    source: str | None = None,
-    times: tuple[float, ...] | None = None,
-    rule: str = "max",
-    k: int = 1,
-) -> Prediction:
-    """Label probabilities of one input's frames (frames, labels) -> Prediction.
-
-    Several frames are summed up by ``rule`` (``max``, ``mean`` or ``k-of-n``, see
-    :func:`summarise`); the scores are those of the deciding frame (the frame average for ``mean``).
-    """
-    nsfw = probs[:, nsfw_indices].sum(axis=1)
-    summary = summarise(nsfw, rule, k)
-    row = probs.mean(axis=0) if rule == "mean" else probs[summary.frame]
-    several = len(probs) > 1
-    return Prediction(
-        scores={label: float(row[i]) for i, label in enumerate(labels)},
-        nsfw_score=summary.score,
-        source=source,
-        frame_scores=tuple(float(v) for v in nsfw) if several else None,
-        frame_times=(times or tuple(0.0 for _ in nsfw)) if several else None,
-    )
