@@ -120,3 +120,55 @@ def test_on_zerogpu_the_model_calls_run_inside_spaces_gpu(model_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     wrapped = result.stdout.split("WRAPPED", 1)[1]
     assert "NSFWClassifier.predict" in wrapped and "Handlers._score_sources" in wrapped
+
+
+def test_the_examples_sit_beside_app_py_and_the_page_uses_them():
+    from nsfw_space.space.demo import example_paths
+
+    top = ROOT / "examples"
+    assert {"astronaut.jpg", "coffee.jpg", "LICENSES.md"} <= {p.name for p in top.iterdir()}
+    assert [p.resolve() for p in example_paths()] == sorted(
+        p.resolve() for p in top.iterdir() if p.suffix == ".jpg"
+    )  # one copy in the repository: the package reaches it through a link
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_still_finds_its_examples(tmp_path):
+    """A wheel carries examples/ as package data, and the page finds them outside the checkout."""
+    import zipfile
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    wheel = next(tmp_path.glob("nsfw_space-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"nsfw_space/examples/coffee.jpg", "nsfw_space/examples/LICENSES.md"} <= set(names)
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from nsfw_space.media.samples import example_photos; print(len(example_photos()))",
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(site)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert found.stdout.strip() == "4", found.stderr

@@ -1,0 +1,158 @@
+"""A Space's first start as a host sees it, with an empty cache: does every call hold while int8 is
+built, how slow are calls meanwhile, and does a second start build again?
+
+Starts ``python app.py`` (a process of its own, the model in MODEL_DIR, a new cache folder), and
+from the first second after it answers: three gradio_client callers on ``/classify`` and one on
+``/moderate_batch``, until the build has ended (the server's log says so). Then the same callers on
+the quiet server; then a second start with the same cache, whose CPU time is read while it idles.
+Prints one side-by-side table.
+
+    python benchmarks/start_holds.py --model DIR [--image examples/coffee.jpg] [--precision auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_ENDED = ("serving int8", "int8 not used", "int8 not built", "refused")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(model: str, cache: str, precision: str) -> tuple[subprocess.Popen, str, list[str]]:
+    port = free_port()
+    env = dict(
+        os.environ,
+        NSFW_SPACE_MODEL=model,
+        NSFW_SPACE_CACHE_DIR=cache,
+        NSFW_SPACE_PRECISION=precision,
+        GRADIO_SERVER_NAME="127.0.0.1",
+        GRADIO_SERVER_PORT=str(port),
+        GRADIO_ANALYTICS_ENABLED="False",
+        HF_HUB_OFFLINE="1",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True).start()
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return process, url, lines
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise SystemExit("the app did not answer within 300 s:\n" + "".join(lines[-20:]))
+
+
+def call_until(url: str, image: str, stop: threading.Event, seconds: float | None = None) -> dict:
+    """Three /classify callers and one /moderate_batch caller until ``stop`` (or ``seconds``)."""
+    from gradio_client import Client, handle_file
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    done_at = None if seconds is None else time.monotonic() + seconds
+
+    def caller(batch: bool) -> None:
+        client = Client(url, verbose=False)
+        while not stop.is_set() and (done_at is None or time.monotonic() < done_at):
+            started = time.perf_counter()
+            try:
+                if batch:
+                    client.predict([handle_file(image)] * 4, api_name="/moderate_batch")
+                else:
+                    client.predict(handle_file(image), api_name="/classify")
+                    latencies.append(time.perf_counter() - started)
+            except Exception as err:  # noqa: BLE001 - failures are what is counted
+                failures.append(str(err)[:120])
+
+    threads = [threading.Thread(target=caller, args=(i == 3,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"calls": len(latencies), "failures": failures, "p50": statistics.median(latencies) if latencies else 0.0}
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its children so far (utime + stime + children's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--image", default=str(ROOT / "examples" / "coffee.jpg"))
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--quiet-seconds", type=float, default=40)
+    args = parser.parse_args()
+    from nsfw_space.model.device import cpu_description
+
+    print(f"CPU: {cpu_description()}")
+    with tempfile.TemporaryDirectory() as cache:
+        process, url, lines = start(args.model, cache, args.precision)
+        ready = time.monotonic()
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not any(any(mark in line for mark in BUILD_ENDED) for line in list(lines)):
+                if process.poll() is not None:
+                    break
+                time.sleep(0.5)
+            stop.set()
+
+        if any("building int8" in line for line in lines) or args.precision in ("auto", "int8"):
+            threading.Thread(target=watch, daemon=True).start()
+            during = call_until(url, args.image, stop, seconds=900)
+        else:
+            during = {"calls": 0, "failures": [], "p50": 0.0}
+        build_seconds = time.monotonic() - ready
+        outcome = next((line.strip() for line in lines if any(mark in line for mark in BUILD_ENDED)), "no build")
+        quiet = call_until(url, args.image, threading.Event(), seconds=args.quiet_seconds)
+        process.terminate()
+        process.wait(30)
+        leftovers = [p.name for p in (Path(cache) / "int8").glob(".*")] if (Path(cache) / "int8").exists() else []
+
+        again, _, again_lines = start(args.model, cache, args.precision)
+        time.sleep(2)
+        first = cpu_seconds(again.pid)
+        time.sleep(20)
+        idle_cpu = cpu_seconds(again.pid) - first
+        again.terminate()
+        again.wait(30)
+        skipped = next((line.strip() for line in again_lines if "int8" in line), "")
+
+    print(f"build outcome: {outcome[-160:]}")
+    print("| phase | /classify calls | failed calls | /classify p50 ms |")
+    print("|---|---|---|---|")
+    print(f"| while building ({build_seconds:.0f} s) | {during['calls']} | {len(during['failures'])} | {1000 * during['p50']:.0f} |")
+    print(f"| quiet ({args.quiet_seconds:.0f} s) | {quiet['calls']} | {len(quiet['failures'])} | {1000 * quiet['p50']:.0f} |")
+    if quiet["p50"]:
+        print(f"p50 while building / quiet: {during['p50'] / quiet['p50']:.2f}x")
+    print(f"work folders left in the cache: {leftovers or 'none'}")
+    print(f"second start: {idle_cpu:.1f} CPU-seconds in 20 idle seconds; its int8 line: {skipped[-160:]}")
+    for failure in during["failures"][:5] + quiet["failures"][:5]:
+        print("failure:", failure)
+
+
+if __name__ == "__main__":
+    main()
