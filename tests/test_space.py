@@ -172,3 +172,13 @@ def test_an_installed_wheel_still_finds_its_examples(tmp_path):
         timeout=120,
     )
     assert found.stdout.strip() == "4", found.stderr
+
+
+def test_every_setting_is_in_the_manual():
+    """docs/configuration.md names every NSFW_SPACE_* setting there is: the manual cannot fall behind."""
+    from dataclasses import fields
+
+    from nsfw_space.config import ENV_PREFIX, Settings
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert [f.name for f in fields(Settings) if f"`{ENV_PREFIX}{f.name.upper()}`" not in text] == []

@@ -83,7 +83,11 @@ def use_int8(
         return "not built"
     if earlier:
         shutil.rmtree(folder, ignore_errors=True)  # retrying: the old refusal goes
-    spec = _spec(classifier, folder, source)
+    try:
+        spec = _spec(classifier, folder, source)
+    except quantize.Int8Unavailable as err:
+        logger.warning("int8 not used (%s); serving on with %s", err, classifier.optimization)
+        return str(err)
 
     def make() -> None:
         builds.build_in_child(spec)
