@@ -115,10 +115,27 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--quiet-seconds", type=float, default=40)
     parser.add_argument("--load-seconds", type=float, default=120, help="callers during the build, at most")
+    parser.add_argument(
+        "--plain-precision", default="", help="the plan served before int8 (default: as auto)"
+    )
+    parser.add_argument("--baseline-only", action="store_true", help="only the plan with no build")
     args = parser.parse_args()
     from nsfw_space.model.device import cpu_description
 
     print(f"CPU: {cpu_description()}")
+    if args.baseline_only:
+        from nsfw_space.model.device import cpu_has_fast_bf16
+
+        precision = args.plain_precision or ("bf16" if cpu_has_fast_bf16() else "fp32")
+        with tempfile.TemporaryDirectory() as cache:
+            plain, plain_url, _ = start(args.model, cache, precision)
+            baseline = call_until(plain_url, args.image, threading.Event(), seconds=args.load_seconds)
+            plain.terminate()
+            plain.wait(30)
+        print(
+            f"| {precision}, no build ({args.load_seconds:.0f} s) | {baseline['calls']} | {len(baseline['failures'])} | {1000 * baseline['p50']:.0f} |"
+        )
+        return
     with tempfile.TemporaryDirectory() as cache:
         process, url, lines = start(args.model, cache, args.precision)
         ready = time.monotonic()
@@ -154,6 +171,16 @@ def main() -> None:
         again.terminate()
         again.wait(30)
         skipped = next((line.strip() for line in again_lines if "int8" in line), "")
+
+    # the same plan with no build running: the precision auto serves before int8, int8 kept off
+    from nsfw_space.model.device import cpu_has_fast_bf16
+
+    plain_precision = args.plain_precision or ("bf16" if cpu_has_fast_bf16() else "fp32")
+    with tempfile.TemporaryDirectory() as cache:
+        plain, plain_url, _ = start(args.model, cache, plain_precision)
+        baseline = call_until(plain_url, args.image, threading.Event(), seconds=args.load_seconds)
+        plain.terminate()
+        plain.wait(30)
 
     print(f"build outcome: {outcome[-160:]}")
     print("| phase | /classify calls | failed calls | /classify p50 ms |")
