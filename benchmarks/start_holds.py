@@ -108,6 +108,19 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def same_plan_without_build(args: argparse.Namespace) -> tuple[str, dict]:
+    """The plan ``auto`` serves before int8 (bf16 or fp32), int8 kept off, under the same callers."""
+    from nsfw_space.model.device import cpu_has_fast_bf16
+
+    precision = args.plain_precision or ("bf16" if cpu_has_fast_bf16() else "fp32")
+    with tempfile.TemporaryDirectory() as cache:
+        plain, url, _ = start(args.model, cache, precision)
+        baseline = call_until(url, args.image, threading.Event(), seconds=args.load_seconds)
+        plain.terminate()
+        plain.wait(30)
+    return precision, baseline
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
@@ -124,17 +137,8 @@ def main() -> None:
 
     print(f"CPU: {cpu_description()}")
     if args.baseline_only:
-        from nsfw_space.model.device import cpu_has_fast_bf16
-
-        precision = args.plain_precision or ("bf16" if cpu_has_fast_bf16() else "fp32")
-        with tempfile.TemporaryDirectory() as cache:
-            plain, plain_url, _ = start(args.model, cache, precision)
-            baseline = call_until(plain_url, args.image, threading.Event(), seconds=args.load_seconds)
-            plain.terminate()
-            plain.wait(30)
-        print(
-            f"| {precision}, no build ({args.load_seconds:.0f} s) | {baseline['calls']} | {len(baseline['failures'])} | {1000 * baseline['p50']:.0f} |"
-        )
+        precision, baseline = same_plan_without_build(args)
+        print(f"| {precision}, no build | {baseline['calls']} | {len(baseline['failures'])} | {1000 * baseline['p50']:.0f} |")
         return
     with tempfile.TemporaryDirectory() as cache:
         process, url, lines = start(args.model, cache, args.precision)
@@ -172,15 +176,7 @@ def main() -> None:
         again.wait(30)
         skipped = next((line.strip() for line in again_lines if "int8" in line), "")
 
-    # the same plan with no build running: the precision auto serves before int8, int8 kept off
-    from nsfw_space.model.device import cpu_has_fast_bf16
-
-    plain_precision = args.plain_precision or ("bf16" if cpu_has_fast_bf16() else "fp32")
-    with tempfile.TemporaryDirectory() as cache:
-        plain, plain_url, _ = start(args.model, cache, plain_precision)
-        baseline = call_until(plain_url, args.image, threading.Event(), seconds=args.load_seconds)
-        plain.terminate()
-        plain.wait(30)
+    plain_precision, baseline = same_plan_without_build(args)
 
     print(f"build outcome: {outcome[-160:]}")
     print("| phase | /classify calls | failed calls | /classify p50 ms |")
