@@ -138,7 +138,9 @@ def main() -> None:
     print(f"CPU: {cpu_description()}")
     if args.baseline_only:
         precision, baseline = same_plan_without_build(args)
-        print(f"| {precision}, no build | {baseline['calls']} | {len(baseline['failures'])} | {1000 * baseline['p50']:.0f} |")
+        print(
+            f"| {precision}, no build | {baseline['calls']} | {len(baseline['failures'])} | {1000 * baseline['p50']:.0f} |"
+        )
         return
     with tempfile.TemporaryDirectory() as cache:
         process, url, lines = start(args.model, cache, args.precision)
@@ -179,19 +181,20 @@ def main() -> None:
     plain_precision, baseline = same_plan_without_build(args)
 
     print(f"build outcome: {outcome[-160:]}")
-    print("| phase | /classify calls | failed calls | /classify p50 ms |")
-    print("|---|---|---|---|")
     print(
         f"build took {build_seconds:.0f} s after the app answered (callers during its first {loaded_seconds:.0f} s)"
     )
-    print(
-        f"| while building ({loaded_seconds:.0f} s) | {during['calls']} | {len(during['failures'])} | {1000 * during['p50']:.0f} |"
-    )
-    print(
-        f"| quiet ({args.quiet_seconds:.0f} s) | {quiet['calls']} | {len(quiet['failures'])} | {1000 * quiet['p50']:.0f} |"
-    )
-    if quiet["p50"]:
-        print(f"p50 while building / quiet: {during['p50'] / quiet['p50']:.2f}x")
+    print("| phase | /classify calls | failed calls | /classify p50 ms |")
+    print("|---|---|---|---|")
+    rows = [
+        (f"while building ({loaded_seconds:.0f} s)", during),
+        (f"{plain_precision}, the same plan with no build ({args.load_seconds:.0f} s)", baseline),
+        (f"after the swap, quiet ({args.quiet_seconds:.0f} s)", quiet),
+    ]
+    for name, phase in rows:
+        print(f"| {name} | {phase['calls']} | {len(phase['failures'])} | {1000 * phase['p50']:.0f} |")
+    if baseline["p50"]:
+        print(f"p50 while building / the same plan with no build: {during['p50'] / baseline['p50']:.2f}x")
     print(f"work folders left in the cache: {leftovers or 'none'}")
     print(f"second start: {idle_cpu:.1f} CPU-seconds in 20 idle seconds; its int8 line: {skipped[-160:]}")
     for failure in during["failures"][:5] + quiet["failures"][:5]:
