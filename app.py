@@ -18,4 +18,4 @@ except NSFWSpaceError as error:  # one clear line instead of a traceback wall
 
 if __name__ == "__main__":
     # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by Gradio itself.
-    demo.launch(**launch_options(settings))
+    demo.launch(**launch_options(settings, demo))

@@ -47,7 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nsfw-space {__version__}")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    adders = (_add_scan, _add_explain, _add_serve, _add_loadtest, _add_bench, _add_train, _add_eval)
+    adders = (
+        _add_scan,
+        _add_explain,
+        _add_serve,
+        _add_export_web,
+        _add_loadtest,
+        _add_bench,
+        _add_train,
+        _add_eval,
+    )
     for add in adders:
         add(subcommands).add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
     return parser
@@ -178,6 +187,21 @@ def _add_serve(subcommands: Any) -> argparse.ArgumentParser:
     _model_options(serve)
     serve.set_defaults(run=commands.run_serve)
     return serve
+
+
+def _add_export_web(subcommands: Any) -> argparse.ArgumentParser:
+    export = subcommands.add_parser(
+        "export-web",
+        help="write the On this device checker (page, runtime, 8-bit ONNX model) as static files",
+    )
+    export.add_argument("out_dir", metavar="DIR", help="an empty or new folder; any static host can serve it")
+    _model_options(export)
+    export.add_argument(
+        "--threshold", type=_unit_float, default=None, help="the page's starting threshold (default 0.5)"
+    )
+    export.add_argument("--policy", default=None, metavar="POLICY.json", help="block and review thresholds")
+    export.set_defaults(run=commands.run_export_web)
+    return export
 
 
 def _add_loadtest(subcommands: Any) -> argparse.ArgumentParser:

@@ -172,7 +172,41 @@ def run_serve(args: argparse.Namespace) -> int:
 
     logging.getLogger("nsfw_space").setLevel(logging.INFO)
     settings = settings_from(args)
-    demo_from_settings(settings).launch(**launch_options(settings))
+    demo = demo_from_settings(settings)
+    demo.launch(**launch_options(settings, demo))
+    return 0
+
+
+def run_export_web(args: argparse.Namespace) -> int:
+    """Build (or take from the cache) the browser model and write the static on-device checker."""
+    from nsfw_space.errors import ConfigError
+    from nsfw_space.model.classifier import NSFWClassifier
+    from nsfw_space.web.building import BrowserModel
+    from nsfw_space.web.serve import export_site, page_status
+
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"{out_dir} is not an empty folder; give a new or empty one")
+    settings = settings_from(args)
+    policy = policy_from(settings, args.threshold)
+    classifier = NSFWClassifier.from_settings(settings, job=True)
+    browser = BrowserModel(
+        classifier,
+        source=(settings.model, settings.revision),
+        cache_dir=settings.cache_dir or None,
+        runtime_dir=settings.web_runtime or None,
+    )
+    browser.start(build="now")
+    if not browser.ready:
+        raise ConfigError(f"the browser model could not be made: {browser.reason}")
+    labels = {"nsfw_labels": [classifier.labels[i] for i in classifier.nsfw_indices]}
+    status = page_status(browser, {"threshold": policy.block, "review_threshold": policy.review}, labels)
+    written = export_site(browser, status, out_dir)
+    size = sum(path.stat().st_size for path in written)
+    print(
+        f"wrote {len(written)} files ({size / 1e6:.1f} MB) to {out_dir}; serve it with any static host, e.g."
+    )
+    print(f"  python -m http.server --directory {out_dir} 8000   # then open http://127.0.0.1:8000/")
     return 0
 
 

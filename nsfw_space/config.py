@@ -41,6 +41,13 @@ class Settings:
     int8_retry: bool = False
     """Build int8 again even where an earlier build under the same cache key was refused or
     failed (its reason is kept in the cache, and a start does not repeat it otherwise)."""
+    private_mode: bool = True
+    """The "On this device" tab: the model exported to ONNX (8-bit) and run in the visitor's browser
+    by transformers.js, so the image is never uploaded. Built aside in a child process once per
+    model (cached like int8); the JavaScript and WASM are fetched once from the npm registry."""
+    web_runtime: str = ""
+    """A folder that already holds the browser runtime's files (see docs/private.md); empty: they
+    are fetched once from the npm registry at pinned versions, checked against their sha512."""
     nsfw_labels: str = ""
     """Comma-separated label names that count as NSFW; empty means found by name."""
     threshold: float = 0.5

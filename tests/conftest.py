@@ -12,6 +12,8 @@ os.environ.setdefault("GRADIO_SERVER_NAME", "127.0.0.1")
 # Apps and CLIs started by tests run fp32 unless a test asks otherwise: building int8 aside (a
 # background compile) is tested in test_int8.py, not as a side effect of every app start.
 os.environ.setdefault("NSFW_SPACE_PRECISION", "fp32")
+# Likewise the on-device model (an ONNX export in a child process): tested in test_private.py.
+os.environ.setdefault("NSFW_SPACE_PRIVATE_MODE", "0")
 os.environ.setdefault("NSFW_SPACE_CACHE_DIR", tempfile.mkdtemp(prefix="nsfw-space-test-cache-"))
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Slow optimisations (today: the int8 package) built in a child process of their own.
+"""Slow optimisations (the int8 package, the browser's ONNX model) built in a child process of their own.
 
 Why a child: torch's export and quantisation set process-wide state (fake-tensor modes, compile
 caches, C++ threads) that must never meet a serving thread, a crash in the C++ compiler must not
@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import ctypes
 import fcntl
+import importlib
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,45 @@ class BuildSpec:
     workdir: str
     parent_pid: int
     tolerance: float  # the check's bound, as the parent holds it
+    builder: str = "int8"  # or "module:function", called as function(model, processor, workdir, spec)
+
+
+class NoSource(RuntimeError):
+    """There are no fp32 weights to build from."""
+
+
+def make_spec(
+    classifier: Any,
+    folder: Path,
+    source: tuple[str, str | None] | None,
+    *,
+    tolerance: float,
+    builder: str = "int8",
+) -> BuildSpec:
+    """What the child builds from: the model's own files (``source``: hub id or directory, and
+    revision), else the classifier's fp32 weights saved into the build's work folder."""
+    import torch
+
+    workdir = new_workdir(folder)
+    if source is None:
+        if classifier.dtype != torch.float32:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise NoSource("no fp32 weights to build from were given")
+        saved = workdir / "source"
+        classifier.model.save_pretrained(saved)
+        classifier.processor.save_pretrained(saved)
+        source = (str(saved), None)
+    return BuildSpec(
+        folder=str(folder),
+        source=source[0],
+        revision=source[1],
+        serving_dtype=str(classifier.dtype).replace("torch.", ""),
+        threads=torch.get_num_threads(),
+        workdir=str(workdir),
+        parent_pid=os.getpid(),
+        tolerance=tolerance,
+        builder=builder,
+    )
 
 
 # -- outcomes in the cache -------------------------------------------------------------------------
@@ -219,41 +260,55 @@ def _die_with_parent(parent_pid: int) -> None:
 def _run_child(spec: BuildSpec) -> None:
     import torch
 
-    from nsfw_space.model import quantize
     from nsfw_space.model.loading import load_model_and_processor
-    from nsfw_space.model.optimize import eager_forward
-    from nsfw_space.model.preprocess import Preprocessor
-    from nsfw_space.model.runner import prepared_model
 
     folder, workdir = Path(spec.folder), Path(spec.workdir)
     root = folder.parent
     handle = os.open(root, os.O_RDONLY)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)  # one build at a time per cache folder, across processes
-        if (folder / "meta.json").is_file() or refusal(folder):
-            return  # another process finished this key while we waited
+        if folder.is_dir():
+            return  # another process finished this key (package or refusal) while we waited
         torch.set_num_threads(_build_threads(spec))
         try:
             model, processor = load_model_and_processor(spec.source, revision=spec.revision)
-            preprocess = Preprocessor(processor)
-            served = prepared_model(
-                model, torch.device("cpu"), getattr(torch, spec.serving_dtype), copy_first=True
-            )
-            plain = eager_forward(served)
-
-            def plain_scores(pixels):
-                tensor = torch.from_numpy(pixels).to(getattr(torch, spec.serving_dtype))
-                with torch.inference_mode():
-                    return plain(tensor)
-
-            quantize.TOLERANCE = spec.tolerance
-            quantize.build_package(model, workdir, preprocess, plain_scores, timing_threads=spec.threads)
-            publish(workdir / "package", folder)
+            publish(_builder(spec.builder)(model, processor, workdir, spec), folder)
         except Exception as err:  # noqa: BLE001 - every refusal is an outcome to remember
-            logger.warning("int8 build refused: %s", err)
+            logger.warning("%s build refused: %s", spec.builder.split(":")[0], err)
             record_refusal(folder, str(err))
     finally:
         os.close(handle)
+
+
+def _builder(name: str):
+    """The function that builds: ``"int8"`` or ``"module:function"`` (imported in the child only)."""
+    if name == "int8":
+        return build_int8
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def build_int8(model, processor, workdir: Path, spec: BuildSpec) -> Path:
+    """The int8 package of ``model`` in ``workdir/package``, timed against the serving plan."""
+    import torch
+
+    from nsfw_space.model import quantize
+    from nsfw_space.model.optimize import eager_forward
+    from nsfw_space.model.preprocess import Preprocessor
+    from nsfw_space.model.runner import prepared_model
+
+    preprocess = Preprocessor(processor)
+    served = prepared_model(model, torch.device("cpu"), getattr(torch, spec.serving_dtype), copy_first=True)
+    plain = eager_forward(served)
+
+    def plain_scores(pixels):
+        tensor = torch.from_numpy(pixels).to(getattr(torch, spec.serving_dtype))
+        with torch.inference_mode():
+            return plain(tensor)
+
+    quantize.TOLERANCE = spec.tolerance
+    quantize.build_package(model, workdir, preprocess, plain_scores, timing_threads=spec.threads)
+    return workdir / "package"
 
 
 def main(argv: list[str]) -> int:

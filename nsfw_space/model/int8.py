@@ -5,7 +5,6 @@ it in whole. What :meth:`NSFWClassifier.use_int8` does."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Protocol
@@ -139,24 +138,8 @@ def adopt(classifier: NSFWClassifier, package: Any, when: str) -> str:
 def _spec(
     classifier: NSFWClassifier, folder: Path, source: tuple[str, str | None] | None
 ) -> builds.BuildSpec:
-    """What the child builds from: the model's own files (``source``: hub id or directory, and
-    revision), else this classifier's fp32 weights saved into the build's work folder."""
-    workdir = builds.new_workdir(folder)
-    if source is None:
-        if classifier.dtype != torch.float32:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise quantize.Int8Unavailable("no fp32 weights to quantise were given")
-        saved = workdir / "source"
-        classifier.model.save_pretrained(saved)
-        classifier.processor.save_pretrained(saved)
-        source = (str(saved), None)
-    return builds.BuildSpec(
-        folder=str(folder),
-        source=source[0],
-        revision=source[1],
-        serving_dtype=str(classifier.dtype).replace("torch.", ""),
-        threads=torch.get_num_threads(),
-        workdir=str(workdir),
-        parent_pid=os.getpid(),
-        tolerance=quantize.TOLERANCE,
-    )
+    """What the child builds from (see :func:`builds.make_spec`)."""
+    try:
+        return builds.make_spec(classifier, folder, source, tolerance=quantize.TOLERANCE)
+    except builds.NoSource as err:
+        raise quantize.Int8Unavailable(str(err)) from None

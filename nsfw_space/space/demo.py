@@ -13,6 +13,7 @@ from typing import Any
 
 import gradio as gr
 from starlette.middleware import Middleware
+from starlette.routing import Mount
 
 from nsfw_space.config import Settings
 from nsfw_space.media.budgets import start_memory_trimmer
@@ -24,6 +25,8 @@ from nsfw_space.space.bodylimit import BodyLimit, body_limit_for
 from nsfw_space.space.payloads import plain_file_schema
 from nsfw_space.space.render import footer_markdown, intro_markdown, verdict_html
 from nsfw_space.space.views import PageViews
+from nsfw_space.web.building import BrowserModel
+from nsfw_space.web.serve import page_status, private_app
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
@@ -31,11 +34,15 @@ HIDDEN = {"api_visibility": "private", "queue": False, "show_progress": "hidden"
 
 
 def create_demo(
-    classifier: NSFWClassifier, settings: Settings | None = None, policy: Policy | None = None
+    classifier: NSFWClassifier,
+    settings: Settings | None = None,
+    policy: Policy | None = None,
+    browser: BrowserModel | None = None,
 ) -> gr.Blocks:
-    """The whole page: single image, batch and GIF/video views, examples, and the named API.
-    ``policy`` (default: the settings' policy file, else their single threshold) decides block,
-    review or allow."""
+    """The whole page: single image, batch, GIF/video and on-device views, examples, and the named
+    API. ``policy`` (default: the settings' policy file, else their single threshold) decides block,
+    review or allow. ``browser``, the on-device model (see :mod:`nsfw_space.web`), adds the On this
+    device tab; its files are served under ``/private/`` (pass the demo to launch_options)."""
     settings = settings or Settings()
     policy = policy or (Policy.load(settings.policy) if settings.policy else None)
     classifier = classifier.with_limits(limits=settings.decode_limits, frames=settings.frames)
@@ -56,6 +63,8 @@ def create_demo(
             image = layout.image_tab(settings, len(classifier.labels))
             batch = layout.batch_tab(settings)
             video = layout.video_tab(settings)
+            if browser is not None:
+                layout.private_tab()
             calibrate = layout.calibrate_tab(settings)
         if examples:
             gr.Examples(
@@ -72,7 +81,17 @@ def create_demo(
     for component in (batch.files, video.media):
         _describe_plainly(component)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    if browser is not None:
+        demo.private_app = _private_app(browser, views, classifier)  # type: ignore[attr-defined]
+        browser.start()  # found in the cache, or built aside: the page serves meanwhile
     return demo
+
+
+def _private_app(browser: BrowserModel, views: PageViews, classifier: NSFWClassifier) -> Any:
+    """The /private app: the on-device page, with the Space's thresholds and NSFW labels."""
+    thresholds = {"threshold": views.policy.block, "review_threshold": views.policy.review}
+    labels = {"nsfw_labels": [classifier.labels[i] for i in classifier.nsfw_indices]}
+    return private_app(lambda: page_status(browser, thresholds, labels), browser)
 
 
 build_demo = create_demo  # the name earlier releases used
@@ -82,7 +101,16 @@ def demo_from_settings(settings: Settings) -> gr.Blocks:
     """The Space as app.py and ``nsfw-space serve`` run it: the model the settings name, loaded
     once, and the page around it. Raises ModelLoadError or ConfigError."""
     policy = Policy.load(settings.policy) if settings.policy else None  # a bad file fails first
-    return create_demo(NSFWClassifier.from_settings(settings), settings, policy)
+    classifier = NSFWClassifier.from_settings(settings)
+    browser = None
+    if settings.private_mode:  # built from the model's own fp32 files, whatever precision serves
+        browser = BrowserModel(
+            classifier,
+            source=(settings.model, settings.revision),
+            cache_dir=settings.cache_dir or None,
+            runtime_dir=settings.web_runtime or None,
+        )
+    return create_demo(classifier, settings, policy, browser)
 
 
 def _wire_api(views: PageViews, page: layout.Page) -> None:
@@ -228,9 +256,9 @@ def _describe_plainly(component: gr.components.Component) -> None:
     component.api_info = api_info  # type: ignore[method-assign]
 
 
-def launch_options(settings: Settings) -> dict[str, Any]:
+def launch_options(settings: Settings, demo: gr.Blocks | None = None) -> dict[str, Any]:
     """Keyword arguments for ``demo.launch()``: theme, CSS and JS (files in assets/), favicon,
-    upload and body limits."""
+    upload and body limits, and ``demo``'s on-device page under ``/private/``."""
     options: dict[str, Any] = {
         "css": (ASSETS_DIR / "style.css").read_text(encoding="utf-8"),
         "js": (ASSETS_DIR / "safe_preview.js").read_text(encoding="utf-8"),
@@ -245,6 +273,9 @@ def launch_options(settings: Settings) -> dict[str, Any]:
             "middleware": [Middleware(BodyLimit, max_bytes=body_limit_for(settings.max_file_bytes))]
         },
     }
+    private = getattr(demo, "private_app", None)
+    if private is not None:
+        options["app_kwargs"]["routes"] = [Mount("/private", app=private)]
     favicon = ASSETS_DIR / "favicon.png"
     if favicon.is_file():
         options["favicon_path"] = str(favicon)
