@@ -3,7 +3,11 @@ axis), quantised to 8 bits for WASM, in the layout transformers.js reads::
 
     config.json  preprocessor_config.json  onnx/model_quantized.onnx  check.json
 
-The quantised scores are checked against the PyTorch model on the example photographs and on
+Before export the model is smoothed (:func:`nsfw_space.model.smoothing.smooth`: the same function,
+with the few large activation channels of trained transformers moved into the LayerNorms), and
+weights are quantised per output channel; activations are quantised per tensor at run time.
+Measured on a ViT-B/16 with outlier channels x30: 0.032 off without smoothing, 0.013 with it
+(``benchmarks/private_mode.py``). The quantised scores are checked against the PyTorch model on the example photographs and on
 generated pictures; a model that differs by more than ``TOLERANCE`` is refused (no files).
 """
 
@@ -25,7 +29,7 @@ TOLERANCE = 0.02  # the most a probability may move between PyTorch and the brow
 OPSET = 18
 MODEL_FILE = "onnx/model_quantized.onnx"
 CHECK_FILE = "check.json"
-RECIPE = "onnx-opset18-dynamic-uint8-1"  # part of the cache key: a new recipe builds again
+RECIPE = "onnx-opset18-smooth-dynamic-int8-per-channel-2"  # part of the cache key: a new recipe builds again
 
 
 class BrowserModelRefused(RuntimeError):
@@ -49,7 +53,8 @@ def export_browser_model(model: Any, processor: Any, out_dir: Path, tolerance: f
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from nsfw_space.model.preprocess import Preprocessor
-    from nsfw_space.model.quantize import held_out_set
+    from nsfw_space.model.quantize import calibration_pixels, held_out_set
+    from nsfw_space.model.smoothing import smooth
 
     reason = missing_requirement()
     if reason:
@@ -58,16 +63,18 @@ def export_browser_model(model: Any, processor: Any, out_dir: Path, tolerance: f
     out_dir = Path(out_dir)
     (out_dir / "onnx").mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
+    preprocess = Preprocessor(processor)
+    smoothed = smooth(model, torch.from_numpy(calibration_pixels(preprocess)))
     full = out_dir / "fp32.onnx"
-    _export(model, full)
+    _export(smoothed, full)
     quantised = out_dir / MODEL_FILE
     with _quiet_root_logger():  # onnxruntime's quantiser logs every tensor on the root logger
-        quantize_dynamic(str(full), str(quantised), weight_type=QuantType.QUInt8)
+        quantize_dynamic(str(full), str(quantised), weight_type=QuantType.QInt8, per_channel=True)
     full.unlink()
     for leftover in out_dir.glob("fp32.onnx*"):  # external data written beside it, if any
         leftover.unlink()
 
-    names, pixels = held_out_set(Preprocessor(processor))
+    names, pixels = held_out_set(preprocess)
     with torch.inference_mode():
         reference = torch.softmax(model(pixel_values=torch.from_numpy(pixels)).logits.float(), -1).numpy()
     scores = _onnx_probabilities(quantised, pixels)
