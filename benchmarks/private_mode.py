@@ -244,7 +244,17 @@ def main() -> None:
             ]
             print("\nIn the browser, ViT-B/16 (the example photos, 12 checks; p50 of the last 10)")
             print(table(times))
+            before = cpu_seconds(space.pid)
+            time.sleep(args.seconds)
+            idle = {
+                "view": "(no page open)",
+                "pages": 0,
+                "checks": 0,
+                "seconds": round(args.seconds),
+                "Space CPU, % of one core": round(100 * (cpu_seconds(space.pid) - before) / args.seconds, 1),
+            }
             loads = [
+                idle,
                 pages_in_a_loop(browser, url, photos, args.pages, args.seconds, space.pid, private=True),
                 pages_in_a_loop(browser, url, photos, args.pages, args.seconds, space.pid, private=False),
             ]

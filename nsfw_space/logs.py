@@ -14,10 +14,14 @@ QUIET_ENVIRONMENT = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # no weight-loading progress bar
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
 }
-CHATTY_LOGGERS = ("httpx", "httpcore", "urllib3", "gradio_client")
+CHATTY_LOGGERS = ("onnx_ir", "onnxscript", "httpx", "httpcore", "urllib3", "gradio_client")
 # torchao (imported by transformers when installed) warns that its CUDA kernels do not load on a
 # CPU machine, and torch's pytree warns about torchao's enums: neither is the user's concern.
-NOISY_AT_IMPORT = ("torchao", "torch.utils._pytree")
+NOISY_AT_IMPORT = (
+    "torchao",
+    "torch.utils._pytree",
+    "torch.onnx",
+)  # torch.onnx: "torchvision is not installed"
 
 
 def quiet_libraries() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
@@ -263,20 +264,12 @@ def video_tab(settings: Settings) -> VideoTab:
     return VideoTab(media, rule, k, frames, button, verdict, plot, results)
 
 
-PRIVATE_FRAME = (
-    '<p class="private-note">The image you check here never leaves this device: the model runs in this '
-    'page. <a href="private/" target="_blank" rel="noopener">Open it on a page of its own</a> (faster where '
-    "the browser can use several threads there).</p>"
-    '<iframe id="private-frame" src="private/" title="Check an image on this device" '
-    'allow="camera" loading="lazy" style="width:100%;height:880px;border:0"></iframe>'
-)
-
-
 def private_tab() -> gr.HTML:
     """The On this device tab: the page under /private/ (web/page/), which reads and scores the
     image itself, so no Gradio input (which would upload it) is ever involved."""
+    frame = (Path(__file__).resolve().parent / "assets" / "private_tab.html").read_text(encoding="utf-8")
     with gr.Tab("On this device", id="private-tab"):
-        return gr.HTML(PRIVATE_FRAME, elem_id="private-tab-frame")
+        return gr.HTML(frame, elem_id="private-tab-frame")
 
 
 def calibrate_tab(settings: Settings) -> CalibrateTab:

@@ -110,7 +110,7 @@ def export_browser_model(model: Any, processor: Any, out_dir: Path, tolerance: f
 def _quiet_root_logger() -> Iterator[None]:
     root = logging.getLogger()
     level = root.level
-    root.setLevel(max(level, logging.WARNING))
+    root.setLevel(max(level, logging.ERROR))
     try:
         yield
     finally:
