@@ -37,6 +37,8 @@ def test_the_export_is_checked_and_laid_out_for_transformers_js(model_dir, tmp_p
 
 def test_a_model_that_drifts_is_refused_with_the_difference(model_dir, tmp_path):
     model, processor = load_model_and_processor(str(model_dir))
-    with pytest.raises(export.BrowserModelRefused, match=r"differ from PyTorch by 0\.\d+ \(more than 1e-06\)"):
+    with pytest.raises(
+        export.BrowserModelRefused, match=r"differ from PyTorch by 0\.\d+ \(more than 1e-06\)"
+    ):
         export.export_browser_model(model, processor, tmp_path / "browser", tolerance=1e-6)
     assert export.read_check(tmp_path / "browser") is None
