@@ -182,3 +182,12 @@ def test_every_setting_is_in_the_manual():
 
     text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert [f.name for f in fields(Settings) if f"`{ENV_PREFIX}{f.name.upper()}`" not in text] == []
+
+
+def test_the_idle_queue_does_not_poll_every_millisecond(classifier):
+    """Gradio's queue looks for work every 1 ms when idle (6.7 % of a core on an idle 2-core
+    machine, benchmarks/private_mode.py); the Space's polls every 10 ms (1.9 % measured)."""
+    from nsfw_space.space.demo import QUEUE_POLL_S, create_demo
+
+    demo = create_demo(classifier)
+    assert demo._queue.sleep_when_free == QUEUE_POLL_S == 0.01

@@ -81,10 +81,23 @@ def create_demo(
     for component in (batch.files, video.media):
         _describe_plainly(component)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    _calm_the_queue(demo)
     if browser is not None:
         demo.private_app = _private_app(browser, views, classifier)  # type: ignore[attr-defined]
         browser.start()  # found in the cache, or built aside: the page serves meanwhile
     return demo
+
+
+QUEUE_POLL_S = 0.01
+
+
+def _calm_the_queue(demo: gr.Blocks) -> None:
+    """Gradio's queue looks for work every 1 ms while it has none: about 6 % of a core on an idle
+    2-core Space (measured with py-spy and /proc, benchmarks/private_mode.py). Every 10 ms costs a
+    new request at most 10 ms and leaves the core to those who need it."""
+    queue = getattr(demo, "_queue", None)
+    if queue is not None and hasattr(queue, "sleep_when_free"):
+        queue.sleep_when_free = max(queue.sleep_when_free, QUEUE_POLL_S)
 
 
 def _private_app(browser: BrowserModel, views: PageViews, classifier: NSFWClassifier) -> Any:

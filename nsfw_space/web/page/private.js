@@ -59,7 +59,9 @@ async function boot() {
   const loadMs = performance.now() - started;
   document.body.dataset.state = "ready";
   document.body.dataset.loadMs = String(Math.round(loadMs));
-  say(`Ready: images are checked in this page and stay on this device (model loaded in ${(loadMs / 1000).toFixed(1)} s).`);
+  say(
+    `Ready: images are checked in this page and stay on this device (a one-time download of ${megabytes(download)}; loaded in ${(loadMs / 1000).toFixed(1)} s).`
+  );
   if (state.pending) {
     const pending = state.pending;
     state.pending = null;
