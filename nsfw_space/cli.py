@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from nsfw_space import __version__, commands
+from nsfw_space import __version__, commands, desk_commands
 from nsfw_space.bulk.sources import INPUT_FORMATS
 from nsfw_space.config import DEFAULT_HEAT_LEVEL, DEFAULT_MODEL
 from nsfw_space.errors import NSFWSpaceError
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for add in adders:
         add(subcommands).add_argument("--verbose", "-v", action="store_true", help="debug logging on stderr")
+    desk_commands.add_lists(subcommands)  # their actions carry --verbose themselves
+    desk_commands.add_desk(subcommands)
     return parser
 
 

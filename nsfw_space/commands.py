@@ -90,6 +90,12 @@ def run_scan(args: argparse.Namespace) -> int:
             threshold=policy.block,
             review_threshold=policy.review,
         )
+    if args.engine == "ray" and settings.desk_db:
+        from nsfw_space.errors import ConfigError
+
+        raise ConfigError(
+            "the desk's known-image lists are checked by --engine local; unset NSFW_SPACE_DESK_DB for Ray."
+        )
     if args.engine == "ray":  # Ray's start and the workers' model loads are part of its time
         from nsfw_space.bulk.ray_engine import RayOptions, scan_with_ray
 
@@ -106,11 +112,14 @@ def run_scan(args: argparse.Namespace) -> int:
         summary = scan_with_ray(settings, plan, engine, **options)
         seconds = time.perf_counter() - started
     else:
+        from nsfw_space.desk.desk import Desk
+
+        desk = Desk.from_settings(settings)  # known-image lists decide first when the desk is on
         classifier = NSFWClassifier.from_settings(settings, job=True)
         if args.every:
             classifier = classifier.with_limits(every=args.every)
         started = time.perf_counter()
-        summary = scan(classifier, plan, **options)
+        summary = scan(classifier, plan, desk=desk, **options)
         seconds = time.perf_counter() - started
     rate = summary.files / seconds if seconds > 0 else 0.0
     skipped = f", {summary.skipped} already done" if summary.skipped else ""

@@ -48,6 +48,16 @@ class Settings:
     web_runtime: str = ""
     """A folder that already holds the browser runtime's files (see docs/private.md); empty: they
     are fetched once from the npm registry at pinned versions, checked against their sha512."""
+    desk_db: str = ""
+    """The moderation desk's database, an SQLAlchemy URL (``sqlite:////data/desk.db`` for one
+    person, ``postgresql+psycopg://user:pass@host/db`` for a team). Empty (the default): no desk,
+    nothing is stored, answers are as without it."""
+    desk_retention_days: float = 30.0
+    """Days a queued image is kept, reviewed or not; then it is deleted from the database."""
+    desk_audit: float = 0.0
+    """Share (0 to 1) of automatically allowed images sent to the queue as a random audit."""
+    desk_lease_seconds: float = 300.0
+    """How long a moderator holds an item before it returns to the queue undecided."""
     nsfw_labels: str = ""
     """Comma-separated label names that count as NSFW; empty means found by name."""
     threshold: float = 0.5
@@ -115,12 +125,27 @@ class Settings:
 
     def validate(self) -> None:
         """Raise ConfigError for values that cannot work."""
-        for name in ("threshold", "decode_seconds", "url_timeout"):
+        for name in (
+            "threshold",
+            "decode_seconds",
+            "url_timeout",
+            "desk_retention_days",
+            "desk_audit",
+            "desk_lease_seconds",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 raise ConfigError(f"NSFW_SPACE_{name.upper()} must be a number, got {value!r}.")
         if self.decode_seconds <= 0 or self.url_timeout <= 0:
             raise ConfigError("NSFW_SPACE_DECODE_SECONDS and NSFW_SPACE_URL_TIMEOUT must be above 0.")
+        if not 0.0 <= self.desk_audit <= 1.0:
+            raise ConfigError(
+                f"NSFW_SPACE_DESK_AUDIT must be a share between 0 and 1, got {self.desk_audit}."
+            )
+        if self.desk_retention_days <= 0 or self.desk_lease_seconds <= 0:
+            raise ConfigError(
+                "NSFW_SPACE_DESK_RETENTION_DAYS and NSFW_SPACE_DESK_LEASE_SECONDS must be above 0."
+            )
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"NSFW_SPACE_THRESHOLD must be between 0 and 1, got {self.threshold}.")
         for name in (

@@ -22,3 +22,12 @@ class ConfigError(NSFWSpaceError, ValueError):
 class ExplainError(NSFWSpaceError, ValueError):
     """An explanation cannot be made: a model with no transformer blocks to explain, torchcam
     missing, or an argument out of range (the message says which)."""
+
+
+class DeskError(NSFWSpaceError, RuntimeError):
+    """The moderation desk cannot do what was asked: its database cannot be opened, a hash or a
+    list name is not valid, a lease has expired, or the caller is not a signed-in moderator."""
+
+
+class NotSignedInError(DeskError):
+    """A desk action by a caller who has not signed in as an allowed moderator."""

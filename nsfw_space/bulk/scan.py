@@ -21,6 +21,7 @@ from nsfw_space.bulk.explained import ExplanationFiles
 from nsfw_space.bulk.locations import IMAGE_SUFFIXES, VIDEO_SUFFIXES, listing, walk
 from nsfw_space.bulk.sources import Inputs, Item, Loaded, items_from, load, units_of
 from nsfw_space.bulk.writers import csv_cell, csv_text
+from nsfw_space.desk.desk import Desk
 from nsfw_space.errors import ConfigError, InvalidImageError
 from nsfw_space.model.classifier import NSFWClassifier
 from nsfw_space.model.prediction import Prediction
@@ -45,7 +46,8 @@ class ScanSummary:
         self.errors += 1 if row.get("error") else 0
 
 
-def columns_for(labels: list[str]) -> list[str]:
+def columns_for(labels: list[str], match: bool = False) -> list[str]:
+    """The output's columns; ``match`` (the desk's known-image match, JSON) last when lists are checked."""
     return [
         "id",
         "path",
@@ -57,7 +59,7 @@ def columns_for(labels: list[str]) -> list[str]:
         "decision",
         "segments",
         "error",
-    ]
+    ] + (["match"] if match else [])
 
 
 class RowWriter:
@@ -68,10 +70,12 @@ class RowWriter:
     renamed over the old file when the scan ends, so an interrupted run leaves the old file whole.
     """
 
-    def __init__(self, output: str | None, fmt: str, labels: list[str], appending: bool = False) -> None:
+    def __init__(
+        self, output: str | None, fmt: str, labels: list[str], appending: bool = False, match: bool = False
+    ) -> None:
         self.fmt = fmt
         self.labels = labels
-        self.columns = columns_for(labels)
+        self.columns = columns_for(labels, match)
         self.output = output
         self._rows: list[dict[str, Any]] = []
         self._parquet = None
@@ -117,6 +121,7 @@ class RowWriter:
         fields += [pa.field(label, pa.float64()) for label in self.labels]
         fields += [pa.field("nsfw_score", pa.float64()), pa.field("is_nsfw", pa.bool_())]
         fields += [pa.field(name, pa.string()) for name in ("decision", "segments", "error")]
+        fields += [pa.field("match", pa.string())] if "match" in self.columns else []
         self._schema = pa.schema(fields)
         self._partial = f"{self.output}.partial"
         self._parquet = pq.ParquetWriter(self._partial, self._schema)
@@ -131,7 +136,9 @@ class RowWriter:
         records = [
             {
                 key: (
-                    json.dumps(row[key]) if key == "segments" and row.get(key) is not None else row.get(key)
+                    json.dumps(row[key])
+                    if key in ("segments", "match") and row.get(key) is not None
+                    else row.get(key)
                 )
                 for key in self.columns
             }
@@ -249,22 +256,30 @@ def scan(
     rule: str = "max",
     k: int = 1,
     explain_to: ExplanationFiles | None = None,
+    desk: Desk | None = None,
 ) -> ScanSummary:
     """Score every input (of ``paths``, or of a ``plan_scan`` plan) and write a row each;
     unreadable inputs get an error row. ``decision`` is block at or above ``threshold``, review
     at or above ``review_threshold`` (default: the threshold, so none), else allow; ``segments``
     (for animations and videos) are the time ranges scoring at or above the review threshold.
-    ``explain_to`` (``--explain-dir``) gets the explanation of every input not allowed."""
+    ``explain_to`` (``--explain-dir``) gets the explanation of every input not allowed. With a
+    ``desk``, each row carries ``match`` and a known image's list decides (nothing is queued)."""
     review = threshold if review_threshold is None else min(review_threshold, threshold)
     plan = paths if isinstance(paths, ScanPlan) else plan_scan(paths, output, resume)
     summary = ScanSummary(skipped=plan.skipped)
-    writer = RowWriter(plan.output, plan.fmt, classifier.labels, appending=plan.appending)
+    writer = RowWriter(
+        plan.output, plan.fmt, classifier.labels, appending=plan.appending, match=desk is not None
+    )
     bar = _progress(plan.total, progress)
     try:
         for chunk in chunks(pending(plan, summary), CHUNK):
             loaded = [load(item) for item in chunk]
             rows = score_rows(classifier, loaded, threshold, review, batch_size, rule, k)
             for entry, row in zip(loaded, rows, strict=True):
+                if desk is not None and not row["error"]:
+                    known = desk.lists.match(image_hash) if (image_hash := desk.hash_of(entry.data)) else None
+                    row["match"] = known.to_dict() if known is not None else None
+                    row["decision"] = known.list if known is not None else row["decision"]
                 summary.add(row)
                 writer.write(row)
                 if explain_to is not None and row.get("decision") in ("block", "review"):

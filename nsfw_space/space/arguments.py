@@ -7,6 +7,8 @@ from typing import Any
 
 import gradio as gr
 
+from nsfw_space.model.explain import DEFAULT_LEVEL
+
 DEFAULT_K = 2  # k-of-n's k, the same on the page, in the API and in the CLI
 MAX_SAMPLED_FRAMES = 64
 
@@ -70,3 +72,10 @@ def optional_text(value: Any, name: str) -> str:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def redaction_arguments(level: Any, strength: Any) -> tuple[float, float | None]:
+    """A caller's heat level (0 to 1) and blur radius (up to 500 pixels; empty or 0: the default)."""
+    heat_level = number_between(level, "level", 0.0, 1.0, default=DEFAULT_LEVEL)
+    radius = number_between(strength, "strength", 0.0, 500.0, default=None) or None
+    return float(heat_level), radius

@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount
 
 from nsfw_space.config import Settings
+from nsfw_space.desk.desk import Desk
 from nsfw_space.media.budgets import start_memory_trimmer
 from nsfw_space.media.samples import example_photos
 from nsfw_space.model.classifier import NSFWClassifier
@@ -24,6 +25,7 @@ from nsfw_space.space import layout
 from nsfw_space.space.bodylimit import BodyLimit, body_limit_for
 from nsfw_space.space.payloads import plain_file_schema
 from nsfw_space.space.render import footer_markdown, intro_markdown, verdict_html
+from nsfw_space.space.review import review_tab
 from nsfw_space.space.views import PageViews
 from nsfw_space.web.building import BrowserModel
 from nsfw_space.web.serve import page_status, private_app
@@ -38,11 +40,14 @@ def create_demo(
     settings: Settings | None = None,
     policy: Policy | None = None,
     browser: BrowserModel | None = None,
+    desk: Desk | None = None,
 ) -> gr.Blocks:
     """The whole page: single image, batch, GIF/video and on-device views, examples, and the named
     API. ``policy`` (default: the settings' policy file, else their single threshold) decides block,
     review or allow. ``browser``, the on-device model (see :mod:`nsfw_space.web`), adds the On this
-    device tab; its files are served under ``/private/`` (pass the demo to launch_options)."""
+    device tab; its files are served under ``/private/`` (pass the demo to launch_options).
+    ``desk`` (see :mod:`nsfw_space.desk`) checks known-image lists on every answer, queues
+    ``review`` decisions and adds the moderators' Review tab."""
     settings = settings or Settings()
     policy = policy or (Policy.load(settings.policy) if settings.policy else None)
     classifier = classifier.with_limits(limits=settings.decode_limits, frames=settings.frames)
@@ -51,7 +56,7 @@ def create_demo(
 
         mcp_compat.install()
     start_memory_trimmer()
-    views = PageViews(classifier, settings, policy)
+    views = PageViews(classifier, settings, policy, desk)
     settings = views.settings  # the page starts at the policy's block threshold
     examples = example_paths()
 
@@ -66,6 +71,8 @@ def create_demo(
             if browser is not None:
                 layout.private_tab()
             calibrate = layout.calibrate_tab(settings)
+            if desk is not None:
+                review_tab(desk)
         if examples:
             gr.Examples(
                 examples=[[str(path)] for path in examples],
@@ -82,6 +89,8 @@ def create_demo(
         _describe_plainly(component)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     _calm_the_queue(demo)
+    if desk is not None:
+        desk.start_purging()  # images past their retention: deleted now, then hourly
     if browser is not None:
         demo.private_app = _private_app(browser, views, classifier)  # type: ignore[attr-defined]
         browser.start()  # found in the cache, or built aside: the page serves meanwhile
@@ -123,7 +132,8 @@ def demo_from_settings(settings: Settings) -> gr.Blocks:
             cache_dir=settings.cache_dir or None,
             runtime_dir=settings.web_runtime or None,
         )
-    return create_demo(classifier, settings, policy, browser)
+    desk = Desk.from_settings(settings)  # None unless NSFW_SPACE_DESK_DB names a database
+    return create_demo(classifier, settings, policy, browser, desk)
 
 
 def _wire_api(views: PageViews, page: layout.Page) -> None:

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from sqlalchemy.exc import SQLAlchemyError as DatabaseError
 
 from nsfw_space.config import Settings
-from nsfw_space.errors import ExplainError, InvalidImageError
+from nsfw_space.desk.desk import Desk
+from nsfw_space.errors import DeskError, ExplainError, InvalidImageError
 from nsfw_space.media.budgets import PixelBudget
 from nsfw_space.media.fetch import fetch_image_bytes
 from nsfw_space.model.classifier import NSFWClassifier
@@ -29,13 +31,14 @@ from nsfw_space.model.rules import RULES
 from nsfw_space.space.arguments import (
     DEFAULT_K,
     MAX_SAMPLED_FRAMES,
-    number_between,
     optional_text,
+    redaction_arguments,
     threshold_value,
     whole_number,
 )
+from nsfw_space.space.batch_inputs import batch_sources
 from nsfw_space.space.batching import DynamicBatcher
-from nsfw_space.space.payloads import display_name, payload_source
+from nsfw_space.space.payloads import payload_source
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +46,15 @@ logger = logging.getLogger(__name__)
 class Handlers:
     """The event handlers; each is a pure function of its inputs and the (read-only) classifier."""
 
-    def __init__(self, classifier: NSFWClassifier, settings: Settings, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        classifier: NSFWClassifier,
+        settings: Settings,
+        policy: Policy | None = None,
+        desk: Desk | None = None,
+    ) -> None:
         self.classifier = classifier
+        self.desk = desk
         self.policy = policy or Policy.single(settings.threshold)
         self.settings = replace(settings, threshold=self.policy.block)
         self._explain = classifier.explain
@@ -82,7 +92,8 @@ class Handlers:
             (allow, review or block) and review_threshold.
         """
         limit = self.applied(threshold)
-        return self._run(self._given_image(image, url)).to_dict(limit.block, limit.review)
+        source = self._given_image(image, url)
+        return self._judged(source, self._run(source).to_dict(limit.block, limit.review))
 
     def moderate_batch(
         self, files: Any = None, threshold: float | None = None, urls: str | None = None, progress: Any = None
@@ -105,9 +116,10 @@ class Handlers:
     ) -> list[dict[str, Any]]:
         outcomes = self._score_all([source for _, source in named], progress)
         rows = []
-        for (name, _), outcome in zip(named, outcomes, strict=True):
+        for (name, source), outcome in zip(named, outcomes, strict=True):
             if isinstance(outcome, Prediction):
-                rows.append({"file": name, **outcome.to_dict(limit.block, limit.review), "error": ""})
+                judged = self._judged(source, outcome.to_dict(limit.block, limit.review))
+                rows.append({"file": name, **judged, "error": ""})
             else:
                 rows.append(
                     {
@@ -168,7 +180,7 @@ class Handlers:
             flagged = peak >= limit.review
             result["segments"] = [{"start": 0.0, "end": 0.0, "peak": peak}] if flagged else []
         result.update(rule=rule, k=min(at_least, len(result["frame_scores"])))
-        return result
+        return self._judged(source, result)
 
     def explain(
         self,
@@ -226,6 +238,16 @@ class Handlers:
         return str(overlay), str(path)
 
     # --- helpers ---------------------------------------------------------------------------------
+    def _judged(self, source: Any, result: dict[str, Any]) -> dict[str, Any]:
+        """With the desk on: ``match`` (a known image decides), and ``review_id`` when queued."""
+        if self.desk is None:
+            return result
+        try:
+            return self.desk.judge(source, result)
+        except (DeskError, DatabaseError) as err:
+            logger.warning("Desk: %s", err.__class__.__name__)
+            raise gr.Error(DESK_DOWN, print_exception=False) from None
+
     def _given_image(self, image: Any, url: Any, required: bool = True) -> str | bytes | None:
         """The uploaded image, else the image at ``url``; with neither, one sentence (or None when
         not ``required``)."""
@@ -279,43 +301,7 @@ class Handlers:
     def _batch_sources(
         self, files: Any, urls: str | None
     ) -> list[tuple[str, str | bytes | InvalidImageError]]:
-        """Name and open every file and URL of a batch: counted and checked before anything is
-        fetched; URLs then share one download budget. A bad entry becomes its own error row."""
-        if files is not None and not isinstance(files, (list, tuple)):
-            raise gr.Error("files must be a list of files.", print_exception=False)
-        lines = [line.strip() for line in (optional_text(urls, "urls") or "").splitlines() if line.strip()]
-        total = len(files or []) + len(lines)
-        if not total:
-            raise gr.Error("No files were given. Add images (or URLs) and try again.", print_exception=False)
-        if total > self.settings.max_batch_files:
-            raise gr.Error(
-                f"{total} files were given; at most {self.settings.max_batch_files} are checked at once. "
-                "Split them into smaller batches, or use `nsfw-space scan` for folders.",
-                print_exception=False,
-            )
-        named: list[tuple[str, str | bytes | InvalidImageError]] = []
-        for item in files or []:
-            named.append((unique_name(display_name(item), named), self._opened(self._source_or_error, item)))
-        download_left = self.settings.max_batch_download_bytes
-        for line in lines:
-            if download_left <= 0:
-                source: str | bytes | InvalidImageError = InvalidImageError(
-                    f"This batch has already downloaded {self.settings.max_batch_download} from its URLs, "
-                    "its limit; check the remaining URLs in another batch."
-                )
-            else:
-                source = self._opened(self._fetch_or_error, line, download_left)
-            if isinstance(source, bytes):
-                download_left -= len(source)
-            named.append((unique_name(line, named), source))
-        return named
-
-    @staticmethod
-    def _opened(open_one: Any, *args: Any) -> str | bytes | InvalidImageError:
-        try:
-            return open_one(*args)
-        except InvalidImageError as err:
-            return err
+        return batch_sources(files, urls, self.settings, self._source_or_error, self._fetch_or_error)
 
     def _score_sources(
         self, sources: list[Any], progress: Any = None
@@ -340,13 +326,9 @@ class Handlers:
 
 
 FILE_REFUSED = "This file can't be checked"
-
-
-def redaction_arguments(level: Any, strength: Any) -> tuple[float, float | None]:
-    """A caller's heat level (0 to 1) and blur radius (up to 500 pixels; empty or 0: the default)."""
-    heat_level = number_between(level, "level", 0.0, 1.0, default=DEFAULT_LEVEL)
-    radius = number_between(strength, "strength", 0.0, 500.0, default=None) or None
-    return float(heat_level), radius
+DESK_DOWN = (
+    "The moderation desk's database is not answering, so known images can't be checked; try again shortly."
+)
 
 
 def output_folder() -> Path:
@@ -372,13 +354,3 @@ def shown_as_error(title: str) -> Iterator[None]:
         yield
     except InvalidImageError as err:
         raise gr.Error(str(err), title=title, print_exception=False) from None
-
-
-def unique_name(name: str, taken: list[tuple[str, Any]]) -> str:
-    names = {existing for existing, _ in taken}
-    if name not in names:
-        return name
-    counter = 2
-    while f"{name} ({counter})" in names:
-        counter += 1
-    return f"{name} ({counter})"

@@ -143,3 +143,13 @@ def plain_file_schema(node: Any) -> Any:
     if isinstance(node, list):
         return [plain_file_schema(value) for value in node]
     return node
+
+
+def unique_name(name: str, taken: list[tuple[str, Any]]) -> str:
+    names = {existing for existing, _ in taken}
+    if name not in names:
+        return name
+    counter = 2
+    while f"{name} ({counter})" in names:
+        counter += 1
+    return f"{name} ({counter})"

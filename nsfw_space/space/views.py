@@ -14,9 +14,10 @@ from PIL import Image
 from nsfw_space.bulk.writers import write_batch_csv
 from nsfw_space.model.policy import Policy, calibrate
 from nsfw_space.model.prediction import Prediction
-from nsfw_space.space.arguments import optional_text, threshold_value
+from nsfw_space.space.arguments import optional_text, redaction_arguments, threshold_value
+from nsfw_space.space.batch_inputs import opened
 from nsfw_space.space.calibration import Labelled, as_frames, curves, histogram, summary_markdown, zip_members
-from nsfw_space.space.handlers import Handlers, output_folder, redaction_arguments, shown_as_error
+from nsfw_space.space.handlers import Handlers, output_folder, shown_as_error
 from nsfw_space.space.payloads import display_name
 from nsfw_space.space.render import label_scores, thumbnail, verdict_html, verdict_word
 
@@ -175,7 +176,7 @@ class PageViews(Handlers):
     ) -> tuple[dict[str, Any], str]:
         """Score the labelled uploads; returns this session's scores and a status line."""
         labelled = [
-            Labelled(display_name(item), self._opened(self._source_or_error, item), is_nsfw)
+            Labelled(display_name(item), opened(self._source_or_error, item), is_nsfw)
             for files, is_nsfw in ((normal, False), (nsfw, True))
             for item in (files if isinstance(files, (list, tuple)) else [])
         ]

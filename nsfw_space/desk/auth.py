@@ -1,0 +1,117 @@
+"""Who may use the desk: moderators with a password (names and scrypt hashes in the database,
+added from the command line, ``python -m nsfw_space desk add-moderator``).
+
+A password sign-in returns a session token (random, 32 bytes); the database keeps only its
+SHA-256, so a copy of the database cannot be used to sign in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy import Engine, delete, select
+
+from nsfw_space.desk import store
+from nsfw_space.errors import DeskError, NotSignedInError
+
+SESSION_SECONDS = 12 * 3600.0
+SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
+SIGN_IN_FIRST = "Sign in as a moderator to use the review desk."
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, **SCRYPT)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def password_matches(password: str, stored: str) -> bool:
+    try:
+        kind, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if kind != "scrypt":
+        return False
+    candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), **SCRYPT)
+    return hmac.compare_digest(candidate.hex(), digest)
+
+
+class Moderators:
+    """Password moderators and their sessions, in one desk database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def add(self, name: str, password: str) -> None:
+        """Add a moderator, or set a new password for one. Raises DeskError for a bad name or a
+        password under 8 characters."""
+        if not NAME.match(name or ""):
+            raise DeskError(
+                "A moderator's name is 1 to 100 letters, digits, or _ . @ - (starting with a letter or digit)."
+            )
+        if len(password or "") < 8:
+            raise DeskError("A moderator's password needs at least 8 characters.")
+        with self.engine.begin() as connection:
+            connection.execute(delete(store.users).where(store.users.c.name == name))
+            connection.execute(
+                store.users.insert().values(
+                    name=name, password_hash=hash_password(password), created_at=time.time()
+                )
+            )
+
+    def names(self) -> list[str]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(select(store.users.c.name).order_by(store.users.c.name)).scalars())
+
+    def sign_in(self, name: Any, password: Any) -> str:
+        """A session token for a moderator's name and password. Raises NotSignedInError."""
+        refused = NotSignedInError("That name and password do not match a moderator of this desk.")
+        if not isinstance(name, str) or not isinstance(password, str) or not NAME.match(name):
+            raise refused
+        with self.engine.connect() as connection:
+            stored = connection.execute(
+                select(store.users.c.password_hash).where(store.users.c.name == name)
+            ).scalar()
+        if stored is None or not password_matches(password, stored):
+            raise refused
+        token = secrets.token_urlsafe(32)
+        with self.engine.begin() as connection:
+            connection.execute(delete(store.sessions).where(store.sessions.c.expires_at < time.time()))
+            connection.execute(
+                store.sessions.insert().values(
+                    token_hash=_token_hash(token), user=name, expires_at=time.time() + SESSION_SECONDS
+                )
+            )
+        return token
+
+    def sign_out(self, token: Any) -> None:
+        if isinstance(token, str) and token:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    delete(store.sessions).where(store.sessions.c.token_hash == _token_hash(token))
+                )
+
+    def moderator(self, token: Any = None) -> str:
+        """The signed-in moderator's name for a session token. Raises NotSignedInError with a
+        sentence for anyone else."""
+        if isinstance(token, str) and token:
+            with self.engine.connect() as connection:
+                user = connection.execute(
+                    select(store.sessions.c.user).where(
+                        store.sessions.c.token_hash == _token_hash(token),
+                        store.sessions.c.expires_at > time.time(),
+                    )
+                ).scalar()
+            if user is not None:
+                return str(user)
+        raise NotSignedInError(SIGN_IN_FIRST)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,157 @@
+"""The desk as the doors use it: known-image lists checked on every answer, the review queue
+filled from ``review`` decisions (and an audited share of ``allow``), moderators, and retention."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nsfw_space.desk.auth import Moderators
+from nsfw_space.desk.lists import KnownImages
+from nsfw_space.desk.queue import ReviewQueue
+from nsfw_space.desk.store import open_engine, upgrade
+from nsfw_space.errors import InvalidImageError
+from nsfw_space.media.hashing import HASH_SIZE, PdqHash, pdq_hash
+from nsfw_space.media.images import load_image
+
+logger = logging.getLogger(__name__)
+
+PURGE_EVERY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class DeskOptions:
+    """The desk's settings (from ``NSFW_SPACE_DESK_*``)."""
+
+    url: str
+    retention_days: float = 30.0
+    audit: float = 0.0
+    lease_seconds: float = 300.0
+    max_pixels: int = 80_000_000
+
+
+class Desk:
+    """One team's desk over one database (SQLite file or PostgreSQL)."""
+
+    def __init__(self, options: DeskOptions) -> None:
+        self.options = options
+        self.engine = open_engine(options.url)
+        upgrade(self.engine)
+        self.lists = KnownImages(self.engine)
+        self.queue = ReviewQueue(self.engine, options.retention_days, options.lease_seconds)
+        self.moderators = Moderators(self.engine)
+        self._random = random.SystemRandom()
+        self._stop = threading.Event()
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Desk | None:
+        """The desk named by ``settings.desk_db``, or None when the desk is off (the default)."""
+        if not getattr(settings, "desk_db", ""):
+            return None
+        return cls(
+            DeskOptions(
+                url=settings.desk_db,
+                retention_days=settings.desk_retention_days,
+                audit=settings.desk_audit,
+                lease_seconds=settings.desk_lease_seconds,
+                max_pixels=settings.max_pixels,
+            )
+        )
+
+    # -- on every answer ------------------------------------------------------------------------
+    def hash_of(self, source: str | bytes | Path) -> PdqHash | None:
+        """The PDQ hash of a source's first frame (decoded at most 256 px wide), None when it
+        cannot be decoded (the model's own refusal then speaks for it)."""
+        try:
+            image = load_image(source, max_pixels=self.options.max_pixels, draft_size=(HASH_SIZE, HASH_SIZE))
+        except InvalidImageError:
+            return None
+        return pdq_hash(image)
+
+    def judge(self, source: str | bytes | Path, result: dict[str, Any]) -> dict[str, Any]:
+        """Add ``match`` to a moderation answer (a match decides: block or allow whatever the
+        score), then queue it for review when its decision is ``review`` (adding ``review_id``)
+        or, for the audited share, when it is ``allow``."""
+        image_hash = self.hash_of(source)
+        match = self.lists.match(image_hash) if image_hash is not None else None
+        result["match"] = match.to_dict() if match is not None else None
+        if match is not None:
+            result["decision"] = match.list
+            return result
+        decision = result.get("decision")
+        audited = (
+            decision == "allow" and self.options.audit > 0 and self._random.random() < self.options.audit
+        )
+        if decision == "review" or audited:
+            stored_hash = image_hash.hex if image_hash is not None and image_hash.usable else None
+            item_id = self.queue.enqueue(
+                _read(source),
+                result["nsfw_score"],
+                decision,
+                "review" if decision == "review" else "audit",
+                stored_hash,
+            )
+            if decision == "review":  # an audited image is not announced to its sender
+                result["review_id"] = item_id
+        return result
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Counts as JSON: pending, decided by decision, the lists' sizes, decisions per
+        moderator, and the miss rate of ``allow`` estimated from the audit (Wilson 95 %)."""
+        counts = self.queue.counts()
+        audited = counts.pop("audit_decided")
+        total = audited["allow"] + audited["block"]
+        return {
+            **counts,
+            "lists": self.lists.sizes(),
+            "moderators": self.queue.decided_by(),
+            "audit": {
+                "share": self.options.audit,
+                "decided": total,
+                "allow_miss_rate": wilson(audited["block"], total),
+            },
+        }
+
+    def start_purging(self, every_s: float = PURGE_EVERY_S) -> None:
+        """Delete expired items now, then every ``every_s`` seconds, on a daemon thread."""
+
+        def loop() -> None:
+            while True:
+                try:
+                    gone = self.queue.purge_expired()
+                    if gone:
+                        logger.info("Desk: %d stored images past their retention deleted.", gone)
+                except Exception:  # noqa: BLE001 - a database hiccup must not end the schedule
+                    logger.warning("Desk: the retention purge failed; it runs again in %.0f s.", every_s)
+                if self._stop.wait(every_s):
+                    return
+
+        threading.Thread(target=loop, name="desk-retention", daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.engine.dispose()
+
+
+def wilson(hits: int, total: int, z: float = 1.96) -> dict[str, float] | None:
+    """The share ``hits/total`` with its Wilson score interval; None when nothing was counted."""
+    if total <= 0:
+        return None
+    share = hits / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return {
+        "estimate": round(share, 6),
+        "low": round(max(0.0, centre - half), 6),
+        "high": round(min(1.0, centre + half), 6),
+    }
+
+
+def _read(source: str | bytes | Path) -> bytes:
+    return source if isinstance(source, bytes) else Path(source).read_bytes()

@@ -1,0 +1,199 @@
+"""The Review tab and the desk's endpoints: one queued item at a time, leased to one signed-in
+moderator, blurred (and optionally grey) until they choose to look; allow, block or skip, each
+optionally putting the image's hash on a list. Anonymous callers are refused with a sentence."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import Any
+
+import gradio as gr
+from PIL import Image, ImageFilter, ImageOps
+from sqlalchemy.exc import SQLAlchemyError as DatabaseError
+
+from nsfw_space.desk.desk import Desk
+from nsfw_space.errors import DeskError, InvalidImageError
+from nsfw_space.media.images import load_image
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_SIZE = 768
+NOTHING = "Nothing is waiting for review."
+
+
+class ReviewViews:
+    """The Review tab's events; every one checks the caller is a signed-in moderator first."""
+
+    def __init__(self, desk: Desk) -> None:
+        self.desk = desk
+
+    def sign_in(self, name: Any, password: Any) -> tuple[str, str]:
+        """Sign in with a moderator's name and password; returns (session token, status line)."""
+        with _as_sentence():
+            token = self.desk.moderators.sign_in(name, password)
+        return token, f"Signed in as **{name}**."
+
+    def next_item(
+        self, token: Any, grey: Any = True
+    ) -> tuple[dict[str, Any] | None, Image.Image | None, str]:
+        """Lease the next item to the signed-in moderator: (lease, blurred preview, details)."""
+        with _as_sentence():
+            moderator = self.desk.moderators.moderator(token)
+            lease = self.desk.queue.next(moderator)
+        if lease is None:
+            return None, None, NOTHING
+        state = {"item_id": lease.item_id, "lease": lease.token}
+        return state, _preview(lease.image, blurred=True, grey=bool(grey)), _details(lease)
+
+    def look(self, token: Any, state: Any) -> Image.Image | None:
+        """The leased item unblurred, for its moderator only."""
+        with _as_sentence():
+            moderator = self.desk.moderators.moderator(token)
+            lease = self.desk.queue.held(moderator)
+        if lease is None or not isinstance(state, dict) or state.get("item_id") != lease.item_id:
+            raise gr.Error(
+                "This item is no longer yours to look at; take the next one.", print_exception=False
+            )
+        return _preview(lease.image, blurred=False, grey=False)
+
+    def decide(
+        self, token: Any, state: Any, decision: str, add_to_list: Any, grey: Any = True
+    ) -> tuple[dict[str, Any] | None, Image.Image | None, str]:
+        """Record allow or block (optionally listing the image's hash), then lease the next item."""
+        with _as_sentence():
+            moderator = self.desk.moderators.moderator(token)
+            item_id, lease_token = _lease_of(state)
+            listed = None
+            if add_to_list:
+                self._list(item_id, decision, moderator)
+                listed = decision
+            self.desk.queue.decide(item_id, lease_token, moderator, decision, listed)
+        return self.next_item(token, grey)
+
+    def _list(self, item_id: str, decision: str, moderator: str) -> None:
+        item_hash = self.desk.queue.hash_of_item(item_id)
+        if item_hash is None:  # queued without a hash: hash the stored image now
+            lease = self.desk.queue.held(moderator)
+            image_hash = self.desk.hash_of(lease.image) if lease is not None and lease.item_id == item_id else None
+            if image_hash is None or not image_hash.usable:
+                raise DeskError(
+                    "This image's hash is too weak to list (a flat or tiny picture); untick the list box to decide it."
+                )
+            item_hash = image_hash.hex
+        self.desk.lists.add(decision, item_hash, note=f"review {item_id}", by=moderator)
+
+    def skip(self, token: Any, state: Any, grey: Any = True) -> tuple[Any, Any, str]:
+        """Hand the item back undecided and take the next one."""
+        with _as_sentence():
+            moderator = self.desk.moderators.moderator(token)
+            item_id, lease_token = _lease_of(state)
+            self.desk.queue.skip(item_id, lease_token, moderator)
+        return self.next_item(token, grey)
+
+    def status(self, token: Any) -> dict[str, Any]:
+        """The desk's counts (pending, decided, list sizes), for moderators."""
+        with _as_sentence():
+            self.desk.moderators.moderator(token)
+            return self.desk.status()
+
+
+def review_tab(desk: Desk) -> None:
+    """The Review tab with its events (inside the page's Tabs)."""
+    views = ReviewViews(desk)
+    with gr.Tab("Review", id="review"):
+        gr.Markdown(
+            "For this desk's moderators. Items wait here when their decision is *review*; each is "
+            "yours alone until you decide or skip it. Keys: **a** allow, **b** block, **s** skip, **l** look."
+        )
+        # plain components, not gr.State: API callers send and receive them (State is page-only)
+        token = gr.Textbox(visible=False, label="session token")
+        lease = gr.JSON(visible=False, label="lease")
+        with gr.Row():
+            name = gr.Textbox(label="Moderator", elem_id="desk-name", scale=2)
+            password = gr.Textbox(label="Password", type="password", elem_id="desk-password", scale=2)
+            sign_in = gr.Button("Sign in", elem_id="desk-sign-in", scale=1)
+        signed = gr.Markdown(elem_id="desk-signed")
+        with gr.Row():
+            preview = gr.Image(
+                label="Item (blurred until you look)", type="pil", interactive=False, elem_id="desk-item"
+            )
+            with gr.Column():
+                details = gr.Markdown(NOTHING, elem_id="desk-details")
+                grey = gr.Checkbox(value=True, label="Greyscale preview")
+                listed = gr.Checkbox(
+                    value=False, label="Also add to the allow/block list", elem_id="desk-list"
+                )
+                with gr.Row():
+                    look = gr.Button("Look (l)", elem_id="desk-look")
+                    allow = gr.Button("Allow (a)", elem_id="desk-allow")
+                    block = gr.Button("Block (b)", variant="stop", elem_id="desk-block")
+                    skip = gr.Button("Skip (s)", elem_id="desk-skip")
+                take = gr.Button("Next item", variant="primary", elem_id="desk-next")
+        status = gr.JSON(visible=False)
+        status_button = gr.Button(visible=False)
+    item = [lease, preview, details]
+    sign_in.click(views.sign_in, [name, password], [token, signed], api_name="desk_sign_in").then(
+        views.next_item, [token, grey], item, api_name="desk_next"
+    )
+    take.click(views.next_item, [token, grey], item, api_visibility="private")
+    look.click(views.look, [token, lease], preview, api_name="desk_look")
+    for button, decision in ((allow, "allow"), (block, "block")):
+        button.click(
+            lambda t, s, add, g, d=decision: views.decide(t, s, d, add, g),
+            [token, lease, listed, grey],
+            item,
+            api_name=f"desk_{decision}",
+        )
+    skip.click(views.skip, [token, lease, grey], item, api_name="desk_skip")
+    status_button.click(views.status, [token], status, api_name="desk_status")
+
+
+class _as_sentence:
+    """Desk refusals and database trouble -> one gr.Error sentence."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: Any, _trace: Any) -> bool:
+        if isinstance(error, DeskError):
+            raise gr.Error(str(error), print_exception=False) from None
+        if isinstance(error, DatabaseError):
+            logger.warning("Desk database: %s", error.__class__.__name__)
+            raise gr.Error(
+                "The desk's database is not answering; try again shortly.", print_exception=False
+            ) from None
+        return False
+
+
+def _lease_of(state: Any) -> tuple[str, str]:
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("item_id"), str)
+        or not isinstance(state.get("lease"), str)
+    ):
+        raise DeskError("No item is open; take the next one.")
+    return state["item_id"], state["lease"]
+
+
+def _preview(image: bytes, blurred: bool, grey: bool) -> Image.Image | None:
+    try:
+        picture = load_image(io.BytesIO(image).getvalue(), draft_size=(PREVIEW_SIZE, PREVIEW_SIZE))
+    except InvalidImageError:
+        return None
+    picture.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    if grey:
+        picture = ImageOps.grayscale(picture).convert("RGB")
+    if blurred:
+        picture = picture.filter(ImageFilter.GaussianBlur(max(picture.size) / 24))
+    return picture
+
+
+def _details(lease: Any) -> str:
+    why = "sent to review by its score" if lease.reason == "review" else "a random audit of allowed images"
+    minutes = max(0, round((lease.until - time.time()) / 60))
+    return (
+        f"**Score** {lease.nsfw_score:.4f} — {why}  \n"
+        f"Queued {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(lease.created_at))}; yours for {minutes} more min."
+    )
