@@ -270,7 +270,15 @@ def _add_eval(subcommands: Any) -> argparse.ArgumentParser:
         "eval", help="metrics, a chosen threshold and plots on labelled folders"
     )
     evaluation.add_argument(
-        "data_dir", metavar="DATA_DIR", help="one subfolder per label (or a test/ folder of them)"
+        "data_dir",
+        metavar="DATA_DIR",
+        nargs="?",
+        help="one subfolder per label (or a test/ folder of them); leave out with --from-desk",
+    )
+    evaluation.add_argument(
+        "--from-desk",
+        action="store_true",
+        help="use the moderation desk's decided items (NSFW_SPACE_DESK_DB) as the labelled data",
     )
     evaluation.add_argument("--output-dir", "-o", required=True, help="where metrics.json and the plots go")
     _model_options(evaluation)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nsfw_space.config import Settings
 
@@ -296,14 +297,28 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from nsfw_space.model.classifier import NSFWClassifier
-    from nsfw_space.training.evaluate import evaluate, require_plotting, summary_text
+    from nsfw_space.training.evaluate import require_plotting
 
     require_plotting()  # before the model loads and every image is scored
 
     settings = settings_from(args)
+    if args.from_desk == bool(args.data_dir):
+        from nsfw_space.errors import ConfigError
+
+        raise ConfigError("give DATA_DIR or --from-desk (the desk's decided items), one of them")
+    from nsfw_space.desk_commands import desk_decisions
+
+    with tempfile.TemporaryDirectory(prefix="nsfw-space-desk-") as scratch:
+        data_dir = desk_decisions(settings, Path(scratch)) if args.from_desk else args.data_dir
+        return _evaluate(args, settings, NSFWClassifier.from_settings(settings, job=True), data_dir)
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings, classifier: Any, data_dir: str | Path) -> int:
+    from nsfw_space.training.evaluate import evaluate, summary_text
+
     metrics = evaluate(
-        NSFWClassifier.from_settings(settings, job=True),
-        args.data_dir,
+        classifier,
+        data_dir,
         args.output_dir,
         target_precision=args.target_precision,
         block_precision=args.block_precision,

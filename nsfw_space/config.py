@@ -56,6 +56,10 @@ class Settings:
     """Days a queued image is kept, reviewed or not; then it is deleted from the database."""
     desk_audit: float = 0.0
     """Share (0 to 1) of automatically allowed images sent to the queue as a random audit."""
+    desk_moderators: str = ""
+    """Hugging Face users or organisations (comma-separated) who may sign in to the Review tab
+    with "Sign in with Hugging Face" on a Space whose README sets ``hf_oauth: true``. Password
+    moderators are added with ``python -m nsfw_space desk add-moderator`` (both can be used)."""
     desk_lease_seconds: float = 300.0
     """How long a moderator holds an item before it returns to the queue undecided."""
     nsfw_labels: str = ""

@@ -151,3 +151,21 @@ def _read_lines(path: str) -> list[str]:
         return Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise DeskError(f"{path}: cannot be read as a text list ({err.__class__.__name__})") from err
+
+
+def desk_decisions(settings: Any, folder: Path) -> Path:
+    """The desk's decided items written as an ImageFolder in ``folder``. Raises ConfigError."""
+    from nsfw_space.desk.desk import Desk
+
+    desk = Desk.from_settings(settings)
+    if desk is None:
+        raise ConfigError("--from-desk needs the desk's database: set NSFW_SPACE_DESK_DB")
+    try:
+        written = desk.queue.export(folder)
+    finally:
+        desk.close()
+    if not written["nsfw"] or not written["normal"]:
+        raise ConfigError(
+            f"the desk has {written['nsfw']} blocked and {written['normal']} allowed decisions; eval needs both"
+        )
+    return folder

@@ -353,3 +353,135 @@ def test_desk_export_writes_an_image_folder_of_the_decisions(tmp_path):
     desk.close()
     engine = create_engine(f"sqlite:///{tmp_path / 'desk.db'}")
     engine.dispose()
+
+
+def test_hugging_face_moderators_are_the_named_users_and_organisations_only(tmp_path):
+    import gradio as gr
+
+    from nsfw_space.space.review import ReviewViews
+
+    desk = Desk(DeskOptions(url=f"sqlite:///{tmp_path / 'desk.db'}", hub_moderators=("Alice", "trust-team")))
+    item = desk.queue.enqueue(PHOTO.read_bytes(), 0.6, "review")
+    views = ReviewViews(desk)
+
+    def profile(name: str) -> gr.OAuthProfile:
+        return gr.OAuthProfile({"preferred_username": name, "name": name, "profile": "", "picture": ""})
+
+    state, preview, _ = views.next_item(None, True, profile("alice"))  # user names compare without case
+    assert state["item_id"] == item and preview is not None
+    assert desk.queue.held("hf:alice").item_id == item
+    with pytest.raises(gr.Error, match="Sign in as a moderator"):
+        views.next_item(None, True, profile("mallory"))  # signed in to the Hub, but not named
+    with pytest.raises(gr.Error, match="Sign in as a moderator"):
+        views.next_item(None, True, None)
+    views.block(None, state, False, True, profile("alice"))
+    assert desk.status()["moderators"] == {"hf:alice": 1}
+    desk.close()
+
+
+@pytest.mark.browser
+def test_in_a_browser_a_known_image_is_blocked_and_a_moderator_decides_with_a_key(classifier, tmp_path):
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from nsfw_space.space.demo import create_demo, launch_options
+
+    chromium = shutil.which("chromium")
+    if not chromium and os.environ.get("CI") != "true":
+        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+    desk = Desk(DeskOptions(url=f"sqlite:///{tmp_path / 'desk.db'}"))
+    desk.lists.add_image("block", desk.hash_of(PHOTO), note="seen before")
+    desk.moderators.add("alice", "correct horse")
+    queued = desk.queue.enqueue(OTHER_PHOTO.read_bytes(), 0.6, "review")
+    settings = Settings(cache_minutes=1)
+    demo = create_demo(classifier, settings, Policy(block=1.0, review=1.0), desk=desk)
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_options(settings)
+    )
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=chromium, args=["--no-sandbox", "--disable-gpu"]
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            page.set_input_files(
+                "#image-input input[type=file]", str(copy_of(PHOTO, tmp_path, size=320, quality=70))
+            )
+            page.wait_for_selector("#verdict .verdict-nsfw", timeout=30_000)
+            assert "a known image" in page.inner_text("#verdict") and "seen before" in page.inner_text(
+                "#verdict"
+            )
+            page.get_by_role("tab", name="Review").click()
+            page.locator("#desk-name").locator("input, textarea").fill("alice")
+            page.locator("#desk-password").locator("input, textarea").fill("correct horse")
+            page.click("#desk-sign-in")
+            page.wait_for_function(
+                "document.querySelector('#desk-details').innerText.includes('Score')", timeout=30_000
+            )
+            assert page.locator("#desk-item img").count() == 1  # the blurred preview
+            page.locator("body").click(position={"x": 5, "y": 5})  # focus out of the text fields
+            page.keyboard.press("b")
+            page.wait_for_function(
+                "document.querySelector('#desk-details').innerText.includes('Nothing is waiting')",
+                timeout=30_000,
+            )
+            browser.close()
+        status = desk.status()
+        assert status["decided"] == {"allow": 0, "block": 1} and status["moderators"] == {"alice": 1}
+        assert desk.queue.held("alice") is None and queued
+    finally:
+        demo.close()
+        desk.close()
+
+
+def test_the_desks_decisions_calibrate_a_policy_for_moderators_only(classifier, tmp_path, model_dir):
+    import gradio as gr
+
+    from nsfw_space.space.views import PageViews
+
+    url = f"sqlite:///{tmp_path / 'desk.db'}"
+    desk = Desk(DeskOptions(url=url))
+    desk.moderators.add("alice", "correct horse")
+    for seed in range(6):
+        desk.queue.enqueue(jpeg_bytes(varied_image(seed, (96, 96))), 0.5, "review")
+    for index in range(6):
+        lease = desk.queue.next("alice")
+        desk.queue.decide(lease.item_id, lease.token, "alice", "block" if index % 2 else "allow")
+    views = PageViews(classifier, Settings(), desk=desk)
+    with pytest.raises(gr.Error, match="Sign in as a moderator"):
+        views.desk_calibration_scores(None, progress=None)
+    state, line = views.desk_calibration_scores(
+        desk.moderators.sign_in("alice", "correct horse"), progress=None
+    )
+    assert sorted(state["is_nsfw"]) == [False] * 3 + [True] * 3 and "6 images scored" in line
+    desk.close()
+    env = {**os.environ, "NSFW_SPACE_DESK_DB": url, "NSFW_SPACE_MODEL": str(model_dir)}
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "nsfw_space", "eval", "--from-desk", "-o", str(tmp_path / "eval"), "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    policy = json.loads((tmp_path / "eval" / "policy.json").read_text())
+    assert 0.0 <= policy["review"] <= policy["block"] <= 1.0
+    both = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nsfw_space",
+            "eval",
+            str(tmp_path),
+            "--from-desk",
+            "-o",
+            str(tmp_path / "e2"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert both.returncode == 2 and "one of them" in both.stderr

@@ -19,10 +19,12 @@ PACKAGE = ROOT / "nsfw_space"
 ALLOWED = {
     "media": set(),
     "model": {"media"},
-    "space": {"media", "model", "bulk"},
-    "bulk": {"media", "model"},
+    "web": {"media", "model"},
+    "desk": {"media"},  # the team's desk needs decoded images and their hashes, never the model
+    "space": {"media", "model", "web", "desk", "bulk"},
+    "bulk": {"media", "model", "desk"},
     "training": {"media", "model", "bulk"},
-    "tools": {"media", "model", "space", "bulk", "training"},
+    "tools": {"media", "model", "web", "desk", "space", "bulk", "training"},
 }
 
 

@@ -1,5 +1,7 @@
 """Who may use the desk: moderators with a password (names and scrypt hashes in the database,
-added from the command line, ``python -m nsfw_space desk add-moderator``).
+added from the command line, ``python -m nsfw_space desk add-moderator``) and, on a Hugging Face
+Space with ``hf_oauth: true``, the Hugging Face users and organisations named in
+``NSFW_SPACE_DESK_MODERATORS``.
 
 A password sign-in returns a session token (random, 32 bytes); the database keeps only its
 SHA-256, so a copy of the database cannot be used to sign in.
@@ -111,6 +113,17 @@ class Moderators:
             if user is not None:
                 return str(user)
         raise NotSignedInError(SIGN_IN_FIRST)
+
+
+def hub_moderator(username: Any, orgs: list[str], allowed: tuple[str, ...]) -> str | None:
+    """``hf:<username>`` when a signed-in Hugging Face user, or one of their organisations, is in
+    ``allowed`` (compared without case), else None."""
+    if not isinstance(username, str) or not username or not allowed:
+        return None
+    names = {name.lower() for name in allowed}
+    if username.lower() in names or any(org.lower() in names for org in orgs):
+        return f"hf:{username}"
+    return None
 
 
 def _token_hash(token: str) -> str:

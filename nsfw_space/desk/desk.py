@@ -32,6 +32,7 @@ class DeskOptions:
     retention_days: float = 30.0
     audit: float = 0.0
     lease_seconds: float = 300.0
+    hub_moderators: tuple[str, ...] = ()
     max_pixels: int = 80_000_000
 
 
@@ -59,6 +60,9 @@ class Desk:
                 retention_days=settings.desk_retention_days,
                 audit=settings.desk_audit,
                 lease_seconds=settings.desk_lease_seconds,
+                hub_moderators=tuple(
+                    name.strip() for name in settings.desk_moderators.split(",") if name.strip()
+                ),
                 max_pixels=settings.max_pixels,
             )
         )

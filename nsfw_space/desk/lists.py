@@ -37,7 +37,9 @@ class Match:
     hash: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"list": self.list, "distance": self.distance, "note": self.note, "hash": self.hash}
+        """What an answer carries (not the entry's hash: a caller learns no more of a list than
+        that their own image is on it)."""
+        return {"list": self.list, "distance": self.distance, "note": self.note}
 
 
 def checked_list(name: str) -> str:

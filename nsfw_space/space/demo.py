@@ -25,7 +25,7 @@ from nsfw_space.space import layout
 from nsfw_space.space.bodylimit import BodyLimit, body_limit_for
 from nsfw_space.space.payloads import plain_file_schema
 from nsfw_space.space.render import footer_markdown, intro_markdown, verdict_html
-from nsfw_space.space.review import review_tab
+from nsfw_space.space.review import on_a_space, review_tab
 from nsfw_space.space.views import PageViews
 from nsfw_space.web.building import BrowserModel
 from nsfw_space.web.serve import page_status, private_app
@@ -70,9 +70,10 @@ def create_demo(
             video = layout.video_tab(settings)
             if browser is not None:
                 layout.private_tab()
-            calibrate = layout.calibrate_tab(settings)
+            calibrate = layout.calibrate_tab(settings, desk=desk is not None)
+            desk_token = None
             if desk is not None:
-                review_tab(desk)
+                desk_token = review_tab(desk, hub_sign_in=bool(desk.options.hub_moderators) and on_a_space())
         if examples:
             gr.Examples(
                 examples=[[str(path)] for path in examples],
@@ -82,7 +83,9 @@ def create_demo(
         footer = gr.Markdown(footer_markdown(classifier), elem_id="served-by")
         # read again at each page load: once an int8 package is swapped in, the footer says int8
         demo.load(functools.partial(footer_markdown, classifier), outputs=footer, **HIDDEN)
-        page = layout.Page(threshold, explain, image, batch, video, calibrate, gr.State(None))
+        page = layout.Page(
+            threshold, explain, image, batch, video, calibrate, gr.State(None), gr.State(None), desk_token
+        )
         _wire_api(views, page)
         _wire_page(views, page)
     for component in (batch.files, video.media):
@@ -168,9 +171,9 @@ def _wire_page(views: PageViews, page: layout.Page) -> None:
     threshold, image, batch, video = page.threshold, page.image, page.batch, page.video
     session = page.session_policy
     classified = image.image.change(
-        lambda value, limit: (verdict_html("pending" if value else None, limit), None),
+        lambda value, limit: (verdict_html("pending" if value else None, limit), None, None),
         inputs=[image.image, threshold],
-        outputs=[image.verdict, image.details],
+        outputs=[image.verdict, image.details, page.match],
         preprocess=False,
         **HIDDEN,
     ).then(
@@ -182,8 +185,21 @@ def _wire_page(views: PageViews, page: layout.Page) -> None:
         concurrency_id="model",
         show_progress="minimal",
     )
-    verdict_inputs = {"inputs": [image.label, threshold, session], "outputs": [image.verdict, image.details]}
-    classified.success(views.verdict_from_label, **verdict_inputs, **HIDDEN)
+    verdict_inputs = {
+        "inputs": [image.label, threshold, session, page.match],
+        "outputs": [image.verdict, image.details],
+    }
+    if views.desk is None:
+        classified.success(views.verdict_from_label, **verdict_inputs, **HIDDEN)
+    else:  # the lists and the queue, once per image; a threshold change then reuses the match
+        classified.success(
+            views.desk_check,
+            inputs=[image.image, image.label, threshold, session],
+            outputs=[image.verdict, image.details, page.match],
+            preprocess=False,
+            concurrency_id="model",
+            **HIDDEN,
+        )
     threshold.change(views.verdict_from_label, **verdict_inputs, **HIDDEN)
     classified.failure(
         lambda limit: verdict_html("error", limit), inputs=threshold, outputs=image.verdict, **HIDDEN
@@ -192,7 +208,7 @@ def _wire_page(views: PageViews, page: layout.Page) -> None:
         [image.url_button.click, image.url.submit],
         views.url_view,
         inputs=[image.url, threshold, session],
-        outputs=[image.label, image.verdict, image.details],
+        outputs=[image.label, image.verdict, image.details, page.match],
         api_visibility="private",
         concurrency_id="model",
     )
@@ -261,6 +277,14 @@ def _wire_calibrate(views: PageViews, page: layout.Page) -> None:
         concurrency_id="model",
     ).success(**redraw)
     gr.on([tab.block_precision.change, tab.review_recall.change], **redraw)
+    if page.desk_token is not None:
+        tab.from_desk.click(
+            views.desk_calibration_scores,
+            inputs=[page.desk_token],
+            outputs=[tab.scores, tab.status],
+            api_visibility="private",
+            concurrency_id="model",
+        ).success(**redraw)
     tab.use.click(
         views.use_policy,
         inputs=tab.candidate,

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from sqlalchemy.exc import SQLAlchemyError as DatabaseError
 
 from nsfw_space.config import Settings
 from nsfw_space.desk.desk import Desk
-from nsfw_space.errors import DeskError, ExplainError, InvalidImageError
+from nsfw_space.errors import ExplainError, InvalidImageError
 from nsfw_space.media.budgets import PixelBudget
 from nsfw_space.media.fetch import fetch_image_bytes
 from nsfw_space.model.classifier import NSFWClassifier
@@ -38,6 +34,14 @@ from nsfw_space.space.arguments import (
 )
 from nsfw_space.space.batch_inputs import batch_sources
 from nsfw_space.space.batching import DynamicBatcher
+from nsfw_space.space.messages import (
+    DESK_DOWN,
+    FILE_REFUSED,
+    is_jpeg,
+    output_folder,
+    shown_as_desk_error,
+    shown_as_error,
+)
 from nsfw_space.space.payloads import payload_source
 
 logger = logging.getLogger(__name__)
@@ -229,7 +233,7 @@ class Handlers:
         overlay = folder / f"heat-{stem}.png"
         explanation.overlay().save(overlay)
         redacted = explanation.redact(level=level, strength=strength)
-        if _is_jpeg(source):
+        if is_jpeg(source):
             path = folder / f"redacted-{stem}.jpg"
             redacted.convert("RGB").save(path, quality=95)
         else:
@@ -242,11 +246,8 @@ class Handlers:
         """With the desk on: ``match`` (a known image decides), and ``review_id`` when queued."""
         if self.desk is None:
             return result
-        try:
+        with shown_as_desk_error(DESK_DOWN):
             return self.desk.judge(source, result)
-        except (DeskError, DatabaseError) as err:
-            logger.warning("Desk: %s", err.__class__.__name__)
-            raise gr.Error(DESK_DOWN, print_exception=False) from None
 
     def _given_image(self, image: Any, url: Any, required: bool = True) -> str | bytes | None:
         """The uploaded image, else the image at ``url``; with neither, one sentence (or None when
@@ -323,34 +324,3 @@ class Handlers:
             if progress is not None:
                 progress((index + 1, len(sources)), desc="Checking", unit="files")
         return outcomes
-
-
-FILE_REFUSED = "This file can't be checked"
-DESK_DOWN = (
-    "The moderation desk's database is not answering, so known images can't be checked; try again shortly."
-)
-
-
-def output_folder() -> Path:
-    """Where the page's and the API's own files (CSV, heat maps, redacted copies) go: Gradio's
-    upload folder, deleted with the uploads."""
-    from gradio.utils import get_upload_folder
-
-    return Path(get_upload_folder()) / "nsfw-space"
-
-
-def _is_jpeg(source: str | bytes) -> bool:
-    """Whether the file starts as a JPEG does (its name may say anything)."""
-    if isinstance(source, str):
-        with open(source, "rb") as handle:
-            source = handle.read(3)
-    return source[:3] == b"\xff\xd8\xff"
-
-
-@contextmanager
-def shown_as_error(title: str) -> Iterator[None]:
-    """An InvalidImageError inside becomes a ``gr.Error``: its sentence under ``title``, no traceback."""
-    try:
-        yield
-    except InvalidImageError as err:
-        raise gr.Error(str(err), title=title, print_exception=False) from None

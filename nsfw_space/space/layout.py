@@ -93,12 +93,13 @@ class CalibrateTab:
     status: gr.Markdown
     scores: gr.State  # this session's labelled scores
     candidate: gr.State  # the policy the targets give on them
+    from_desk: gr.Button  # the desk's decided items instead (moderators; shown only with a desk)
 
 
 @dataclass
 class Page:
-    """Everything the events are wired to: the shared threshold, the tabs, and the policy this
-    session chose in the Calibrate tab (None: the Space's own)."""
+    """Everything the events are wired to: the shared threshold, the tabs, the policy this
+    session chose in the Calibrate tab (None: the Space's own), and the image's list match."""
 
     threshold: gr.Slider
     explain: ExplainSettings
@@ -107,6 +108,8 @@ class Page:
     video: VideoTab
     calibrate: CalibrateTab
     session_policy: gr.State
+    match: gr.State  # the desk's known-image match for the image shown (None: none, or no desk)
+    desk_token: gr.Textbox | None = None  # the Review tab's session token (None: no desk)
 
 
 def threshold_controls(settings: Settings) -> gr.Slider:
@@ -272,7 +275,7 @@ def private_tab() -> gr.HTML:
         return gr.HTML(frame, elem_id="private-tab-frame")
 
 
-def calibrate_tab(settings: Settings) -> CalibrateTab:
+def calibrate_tab(settings: Settings, desk: bool = False) -> CalibrateTab:
     with gr.Tab("Calibrate", id="calibrate-tab"):
         gr.Markdown(
             "Choose the thresholds on **your own labelled images**: drop them in the two boxes (or a "
@@ -286,7 +289,13 @@ def calibrate_tab(settings: Settings) -> CalibrateTab:
             archive = gr.File(
                 file_types=[".zip"], label="…or one zip, a folder per label", elem_id="calibrate-zip"
             )
-        button = gr.Button("Score them", variant="primary", elem_id="calibrate-button")
+        with gr.Row():
+            button = gr.Button("Score them", variant="primary", elem_id="calibrate-button")
+            from_desk = gr.Button(
+                "…or the desk's decided items (moderators, signed in on the Review tab)",
+                visible=desk,
+                elem_id="calibrate-from-desk",
+            )
         with gr.Row():
             block_precision = gr.Slider(
                 0.5,
@@ -344,4 +353,5 @@ def calibrate_tab(settings: Settings) -> CalibrateTab:
         status,
         scores,
         candidate,
+        from_desk,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,18 @@ def verdict_html(
     return (
         f'<div class="verdict verdict-normal"><strong>Looks safe</strong>: nsfw score{how} {score:.2f} '
         f"is below the threshold {threshold:.2f}.</div>"
+    )
+
+
+def known_image_html(match: dict[str, Any]) -> str:
+    """The verdict for an image on one of the desk's lists: the list decides, whatever the score."""
+    blocked = match["list"] == "block"
+    note = html.escape(str(match.get("note") or ""))[:200]
+    return (
+        f'<div class="verdict {"verdict-nsfw" if blocked else "verdict-normal"}"><strong>'
+        f"{'Blocked' if blocked else 'Allowed'}: a known image</strong> on this desk's {match['list']} list "
+        f"(hash distance {int(match['distance'])}){': ' + note if note else ''}."
+        f"{' The preview stays blurred.' if blocked else ''}</div>"
     )
 
 

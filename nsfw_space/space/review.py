@@ -11,11 +11,12 @@ from typing import Any
 
 import gradio as gr
 from PIL import Image, ImageFilter, ImageOps
-from sqlalchemy.exc import SQLAlchemyError as DatabaseError
 
+from nsfw_space.desk.auth import hub_moderator
 from nsfw_space.desk.desk import Desk
 from nsfw_space.errors import DeskError, InvalidImageError
 from nsfw_space.media.images import load_image
+from nsfw_space.space.messages import shown_as_desk_error
 
 logger = logging.getLogger(__name__)
 
@@ -23,60 +24,113 @@ PREVIEW_SIZE = 768
 NOTHING = "Nothing is waiting for review."
 
 
+Profile = gr.OAuthProfile | None
+HubToken = gr.OAuthToken | None
+
+
 class ReviewViews:
-    """The Review tab's events; every one checks the caller is a signed-in moderator first."""
+    """The Review tab's events; every one checks the caller is a signed-in moderator first (a
+    session token from a password sign-in, or Gradio's Hugging Face OAuth profile, which a caller
+    cannot send: Gradio fills it from the signed session cookie)."""
 
     def __init__(self, desk: Desk) -> None:
         self.desk = desk
 
     def sign_in(self, name: Any, password: Any) -> tuple[str, str]:
         """Sign in with a moderator's name and password; returns (session token, status line)."""
-        with _as_sentence():
+        with shown_as_desk_error():
             token = self.desk.moderators.sign_in(name, password)
         return token, f"Signed in as **{name}**."
 
+    def moderator(self, token: Any, profile: Profile = None, hub_token: HubToken = None) -> str:
+        """The caller's moderator name. Raises NotSignedInError."""
+        allowed = self.desk.options.hub_moderators
+        if profile is not None and allowed and not _is_session(token):
+            orgs = (
+                _organisations(hub_token)
+                if profile.username.lower() not in {a.lower() for a in allowed}
+                else []
+            )
+            name = hub_moderator(profile.username, orgs, allowed)
+            if name is not None:
+                return name
+        return self.desk.moderators.moderator(token)
+
     def next_item(
-        self, token: Any, grey: Any = True
+        self, token: Any, grey: Any = True, profile: Profile = None, hub_token: HubToken = None
     ) -> tuple[dict[str, Any] | None, Image.Image | None, str]:
         """Lease the next item to the signed-in moderator: (lease, blurred preview, details)."""
-        with _as_sentence():
-            moderator = self.desk.moderators.moderator(token)
-            lease = self.desk.queue.next(moderator)
+        with shown_as_desk_error():
+            lease = self.desk.queue.next(self.moderator(token, profile, hub_token))
         if lease is None:
             return None, None, NOTHING
         state = {"item_id": lease.item_id, "lease": lease.token}
         return state, _preview(lease.image, blurred=True, grey=bool(grey)), _details(lease)
 
-    def look(self, token: Any, state: Any) -> Image.Image | None:
+    def look(
+        self, token: Any, state: Any, profile: Profile = None, hub_token: HubToken = None
+    ) -> Image.Image | None:
         """The leased item unblurred, for its moderator only."""
-        with _as_sentence():
-            moderator = self.desk.moderators.moderator(token)
-            lease = self.desk.queue.held(moderator)
+        with shown_as_desk_error():
+            lease = self.desk.queue.held(self.moderator(token, profile, hub_token))
         if lease is None or not isinstance(state, dict) or state.get("item_id") != lease.item_id:
             raise gr.Error(
                 "This item is no longer yours to look at; take the next one.", print_exception=False
             )
         return _preview(lease.image, blurred=False, grey=False)
 
+    def allow(
+        self,
+        token: Any,
+        state: Any,
+        add_to_list: Any,
+        grey: Any = True,
+        profile: Profile = None,
+        hub_token: HubToken = None,
+    ) -> tuple[dict[str, Any] | None, Image.Image | None, str]:
+        """Allow the leased item (optionally putting its hash on the allow list); then the next."""
+        return self.decide(token, state, "allow", add_to_list, grey, profile, hub_token)
+
+    def block(
+        self,
+        token: Any,
+        state: Any,
+        add_to_list: Any,
+        grey: Any = True,
+        profile: Profile = None,
+        hub_token: HubToken = None,
+    ) -> tuple[dict[str, Any] | None, Image.Image | None, str]:
+        """Block the leased item (optionally putting its hash on the block list); then the next."""
+        return self.decide(token, state, "block", add_to_list, grey, profile, hub_token)
+
     def decide(
-        self, token: Any, state: Any, decision: str, add_to_list: Any, grey: Any = True
+        self,
+        token: Any,
+        state: Any,
+        decision: str,
+        add_to_list: Any,
+        grey: Any = True,
+        profile: Profile = None,
+        hub_token: HubToken = None,
     ) -> tuple[dict[str, Any] | None, Image.Image | None, str]:
         """Record allow or block (optionally listing the image's hash), then lease the next item."""
-        with _as_sentence():
-            moderator = self.desk.moderators.moderator(token)
+        with shown_as_desk_error():
+            moderator = self.moderator(token, profile, hub_token)
             item_id, lease_token = _lease_of(state)
             listed = None
             if add_to_list:
                 self._list(item_id, decision, moderator)
                 listed = decision
             self.desk.queue.decide(item_id, lease_token, moderator, decision, listed)
-        return self.next_item(token, grey)
+        return self.next_item(token, grey, profile, hub_token)
 
     def _list(self, item_id: str, decision: str, moderator: str) -> None:
         item_hash = self.desk.queue.hash_of_item(item_id)
         if item_hash is None:  # queued without a hash: hash the stored image now
             lease = self.desk.queue.held(moderator)
-            image_hash = self.desk.hash_of(lease.image) if lease is not None and lease.item_id == item_id else None
+            image_hash = (
+                self.desk.hash_of(lease.image) if lease is not None and lease.item_id == item_id else None
+            )
             if image_hash is None or not image_hash.usable:
                 raise DeskError(
                     "This image's hash is too weak to list (a flat or tiny picture); untick the list box to decide it."
@@ -84,23 +138,26 @@ class ReviewViews:
             item_hash = image_hash.hex
         self.desk.lists.add(decision, item_hash, note=f"review {item_id}", by=moderator)
 
-    def skip(self, token: Any, state: Any, grey: Any = True) -> tuple[Any, Any, str]:
+    def skip(
+        self, token: Any, state: Any, grey: Any = True, profile: Profile = None, hub_token: HubToken = None
+    ) -> tuple[Any, Any, str]:
         """Hand the item back undecided and take the next one."""
-        with _as_sentence():
-            moderator = self.desk.moderators.moderator(token)
+        with shown_as_desk_error():
+            moderator = self.moderator(token, profile, hub_token)
             item_id, lease_token = _lease_of(state)
             self.desk.queue.skip(item_id, lease_token, moderator)
-        return self.next_item(token, grey)
+        return self.next_item(token, grey, profile, hub_token)
 
-    def status(self, token: Any) -> dict[str, Any]:
+    def status(self, token: Any, profile: Profile = None, hub_token: HubToken = None) -> dict[str, Any]:
         """The desk's counts (pending, decided, list sizes), for moderators."""
-        with _as_sentence():
-            self.desk.moderators.moderator(token)
+        with shown_as_desk_error():
+            self.moderator(token, profile, hub_token)
             return self.desk.status()
 
 
-def review_tab(desk: Desk) -> None:
-    """The Review tab with its events (inside the page's Tabs)."""
+def review_tab(desk: Desk, hub_sign_in: bool = False) -> gr.Textbox:
+    """The Review tab with its events (inside the page's Tabs); returns the session token's
+    component, which the Calibrate tab's desk button reads."""
     views = ReviewViews(desk)
     with gr.Tab("Review", id="review"):
         gr.Markdown(
@@ -111,6 +168,8 @@ def review_tab(desk: Desk) -> None:
         token = gr.Textbox(visible=False, label="session token")
         lease = gr.JSON(visible=False, label="lease")
         with gr.Row():
+            if hub_sign_in:
+                gr.LoginButton()
             name = gr.Textbox(label="Moderator", elem_id="desk-name", scale=2)
             password = gr.Textbox(label="Password", type="password", elem_id="desk-password", scale=2)
             sign_in = gr.Button("Sign in", elem_id="desk-sign-in", scale=1)
@@ -139,32 +198,35 @@ def review_tab(desk: Desk) -> None:
     )
     take.click(views.next_item, [token, grey], item, api_visibility="private")
     look.click(views.look, [token, lease], preview, api_name="desk_look")
-    for button, decision in ((allow, "allow"), (block, "block")):
-        button.click(
-            lambda t, s, add, g, d=decision: views.decide(t, s, d, add, g),
-            [token, lease, listed, grey],
-            item,
-            api_name=f"desk_{decision}",
-        )
+    allow.click(views.allow, [token, lease, listed, grey], item, api_name="desk_allow")
+    block.click(views.block, [token, lease, listed, grey], item, api_name="desk_block")
     skip.click(views.skip, [token, lease, grey], item, api_name="desk_skip")
     status_button.click(views.status, [token], status, api_name="desk_status")
+    return token
 
 
-class _as_sentence:
-    """Desk refusals and database trouble -> one gr.Error sentence."""
+def on_a_space() -> bool:
+    """Whether this runs on a Hugging Face Space (where "Sign in with Hugging Face" works)."""
+    from gradio.utils import get_space
 
-    def __enter__(self) -> None:
-        return None
+    return get_space() is not None
 
-    def __exit__(self, kind: Any, error: Any, _trace: Any) -> bool:
-        if isinstance(error, DeskError):
-            raise gr.Error(str(error), print_exception=False) from None
-        if isinstance(error, DatabaseError):
-            logger.warning("Desk database: %s", error.__class__.__name__)
-            raise gr.Error(
-                "The desk's database is not answering; try again shortly.", print_exception=False
-            ) from None
-        return False
+
+def _is_session(token: Any) -> bool:
+    return isinstance(token, str) and bool(token)
+
+
+def _organisations(hub_token: Any) -> list[str]:
+    """The signed-in user's organisations, asked of the Hub with their OAuth token ([] on failure)."""
+    if hub_token is None:
+        return []
+    try:
+        from huggingface_hub import whoami
+
+        return [str(org.get("name", "")) for org in whoami(hub_token.token).get("orgs", [])]
+    except Exception:  # noqa: BLE001 - offline or refused: no organisations, the user list still applies
+        logger.warning("Desk: the Hub did not say which organisations this user belongs to.")
+        return []
 
 
 def _lease_of(state: Any) -> tuple[str, str]:

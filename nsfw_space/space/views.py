@@ -17,38 +17,67 @@ from nsfw_space.model.prediction import Prediction
 from nsfw_space.space.arguments import optional_text, redaction_arguments, threshold_value
 from nsfw_space.space.batch_inputs import opened
 from nsfw_space.space.calibration import Labelled, as_frames, curves, histogram, summary_markdown, zip_members
-from nsfw_space.space.handlers import Handlers, output_folder, shown_as_error
+from nsfw_space.space.handlers import Handlers
+from nsfw_space.space.messages import output_folder, shown_as_desk_error, shown_as_error
 from nsfw_space.space.payloads import display_name
-from nsfw_space.space.render import label_scores, thumbnail, verdict_html, verdict_word
+from nsfw_space.space.render import known_image_html, label_scores, thumbnail, verdict_html, verdict_word
 
 
 class PageViews(Handlers):
     """The API handlers plus the page-only views built on them."""
 
     def verdict_from_label(
-        self, label: Any, threshold: float | None, session_policy: dict[str, Any] | None = None
+        self,
+        label: Any,
+        threshold: float | None,
+        session_policy: dict[str, Any] | None = None,
+        match: dict[str, Any] | None = None,
     ) -> tuple[str, Any]:
-        """Recompute the verdict from the bars already shown (no model call)."""
+        """Recompute the verdict from the bars already shown (no model call); a known image's
+        ``match`` (found once, when the image arrived) still decides."""
         limit = self.applied(threshold, session_policy)
         scores = label_scores(label)
         if not scores:
             return verdict_html(None, limit.block), None
         prediction = self.classifier.prediction_from_scores(scores)
-        return verdict_html(prediction, limit.block, review=limit.review), prediction.to_dict(
-            limit.block, limit.review
-        )
+        details = prediction.to_dict(limit.block, limit.review)
+        if self.desk is None:
+            return verdict_html(prediction, limit.block, review=limit.review), details
+        details["match"] = match
+        if match is not None:
+            details["decision"] = match["list"]
+            return known_image_html(match), details
+        return verdict_html(prediction, limit.block, review=limit.review), details
+
+    def desk_check(
+        self, image: Any, label: Any, threshold: float | None, session_policy: dict[str, Any] | None = None
+    ) -> tuple[str, Any, dict[str, Any] | None]:
+        """With the desk on, once per image on the page: the lists' match and, for a ``review``
+        decision, the queued item (its review_id in the details)."""
+        verdict, details = self.verdict_from_label(label, threshold, session_policy)
+        if details is None or image is None:
+            return verdict, details, None
+        judged = self._judged(self._source(image), details)
+        if judged["match"] is not None:
+            return known_image_html(judged["match"]), judged, judged["match"]
+        return verdict, judged, None
 
     def url_view(
         self, url: str, threshold: float | None, session_policy: dict[str, Any] | None = None
-    ) -> tuple[dict[str, float], str, dict[str, Any]]:
-        """The image tab's URL box: bars, verdict and JSON for the image at ``url``."""
+    ) -> tuple[dict[str, float], str, dict[str, Any], dict[str, Any] | None]:
+        """The image tab's URL box: bars, verdict, JSON (and the desk's match) for the image at ``url``."""
         limit = self.applied(threshold, session_policy)
         url = optional_text(url, "url")
         if not url:
             raise gr.Error("Type or paste an image URL first.", print_exception=False)
-        prediction = self._run(self._fetch(url))
-        verdict = verdict_html(prediction, limit.block, review=limit.review)
-        return prediction.scores, verdict, prediction.to_dict(limit.block, limit.review)
+        source = self._fetch(url)
+        prediction = self._run(source)
+        details = self._judged(source, prediction.to_dict(limit.block, limit.review))
+        match = details.get("match")
+        verdict = (
+            known_image_html(match) if match else verdict_html(prediction, limit.block, review=limit.review)
+        )
+        return prediction.scores, verdict, details, match
 
     def batch_view(
         self,
@@ -197,11 +226,35 @@ class PageViews(Handlers):
                 f"{len(labelled)} images were given; at most {limit} are scored at once.",
                 print_exception=False,
             )
+        return self._labelled_scores(labelled, progress)
+
+    def desk_calibration_scores(
+        self,
+        token: Any,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 - Gradio's idiom for a progress bar
+        profile: gr.OAuthProfile | None = None,
+        hub_token: gr.OAuthToken | None = None,
+    ) -> tuple[dict[str, Any], str]:
+        """Score the desk's decided items (block: nsfw, allow: normal), for its moderators only."""
+        from nsfw_space.space.review import ReviewViews
+
+        if self.desk is None:
+            raise gr.Error("This Space has no moderation desk.", print_exception=False)
+        with shown_as_desk_error():
+            ReviewViews(self.desk).moderator(token, profile, hub_token)
+            decided = self.desk.queue.decided_items()
+        labelled = [
+            Labelled(f"desk {item_id}", image, decision == "block") for item_id, decision, _, image in decided
+        ]
+        state, line = self._labelled_scores(labelled[-self.settings.max_calibration_files :], progress)
+        return state, f"{line} (the desk's decisions)"
+
+    def _labelled_scores(self, labelled: list[Labelled], progress: Any) -> tuple[dict[str, Any], str]:
         kinds = {item.is_nsfw for item in labelled}
         if kinds != {True, False}:
             raise gr.Error(
                 "Calibration needs labelled images of both kinds: add normal and nsfw images "
-                "(or a zip with a normal/ and an nsfw/ folder).",
+                "(or a zip with a normal/ and an nsfw/ folder; on the desk, both blocked and allowed items).",
                 print_exception=False,
             )
         outcomes = self._score_all([item.source for item in labelled], progress)
