@@ -115,6 +115,7 @@ def test_redaction_is_at_the_size_asked_and_the_level_sets_the_share(classifier,
             explanation.redact(level=level)
 
 
+@pytest.mark.slow  # needs the planted model, trained for this module (about 30 s of both cores)
 def test_the_overlay_is_drawn_over_a_blurred_preview(planted):
     picture = planted_picture(3, planted=True, size=(384, 384))
     explanation = planted.explain(picture.image)

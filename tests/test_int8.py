@@ -85,6 +85,7 @@ def built(model_dir, int8_cache, photos):
     return clf, served_while_building, load_seconds
 
 
+@pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
 def test_int8_serves_fp32_at_once_then_swaps_in_the_checked_package(built, card_scores, photos):
     clf, served, load_seconds = built
     assert load_seconds < 20  # the build did not hold up loading
@@ -99,6 +100,7 @@ def test_int8_serves_fp32_at_once_then_swaps_in_the_checked_package(built, card_
         assert prediction.nsfw_score == pytest.approx(card_scores[prediction.source], abs=0.01)
 
 
+@pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
 def test_int8_serving_is_explained_on_an_fp32_copy(built, classifier, photos):
     """The int8 forward has no gradients: the map comes from the fp32 copy (the same map the
     fp32 classifier gives), the prediction from the int8 model as served."""
@@ -110,6 +112,7 @@ def test_int8_serving_is_explained_on_an_fp32_copy(built, classifier, photos):
     assert clf.precision == "int8"  # explaining did not change what serves
 
 
+@pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
 def test_the_package_is_cached_and_a_restart_loads_it_without_building(built, model_dir, int8_cache, caplog):
     folders = list((int8_cache / "int8").iterdir())
     assert [p.name for p in folders] == [folders[0].name]  # no work folder left beside it
@@ -128,6 +131,7 @@ def test_the_package_is_cached_and_a_restart_loads_it_without_building(built, mo
     assert "building int8" not in caplog.text
 
 
+@pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
 def test_a_cached_package_that_strays_from_fp32_is_refused_and_removed(built, model_dir, int8_cache, caplog):
     folder = next((int8_cache / "int8").iterdir())
     saved = (folder / "meta.json").read_text()
@@ -147,6 +151,7 @@ def test_a_cached_package_that_strays_from_fp32_is_refused_and_removed(built, mo
     (folder / "meta.json").write_text(saved)
 
 
+@pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
 def test_a_refused_build_is_remembered_and_not_repeated_until_asked(model_dir, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(quantize, "TOLERANCE", 1e-9)  # no int8 can be this close: the check refuses it
     caplog.set_level(logging.INFO, logger="nsfw_space")
@@ -180,6 +185,7 @@ def test_a_refused_build_is_remembered_and_not_repeated_until_asked(model_dir, t
     assert retried.wait_until_ready(60)
 
 
+@pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
 @pytest.mark.usefixtures("built")  # after the build the other tests share, not beside it
 def test_a_build_that_crashes_is_recorded_and_leaves_nothing(model_dir, tmp_path, caplog):
     clf = NSFWClassifier.from_pretrained(str(model_dir), device="cpu", precision="fp32")
@@ -192,6 +198,7 @@ def test_a_build_that_crashes_is_recorded_and_leaves_nothing(model_dir, tmp_path
     assert [p.name for p in (tmp_path / "int8").iterdir()] == [folder.name]
 
 
+@pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
 def test_a_server_killed_mid_build_leaves_no_build_running_and_nothing_behind(model_dir, tmp_path):
     """The serving process is killed (a Space put to sleep): its build child stops with it, and
     the work folder it leaves goes at the next start."""
@@ -246,6 +253,7 @@ def _the_build_child() -> subprocess.Popen:
     return next(iter(builds._children))
 
 
+@pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
 @pytest.mark.parametrize(("int8_rate", "expected"), [(1e6, "int8"), (1e-6, "fp32")])
 def test_auto_follows_what_was_measured_on_this_cpu(
     built, model_dir, int8_cache, monkeypatch, int8_rate, expected
@@ -279,6 +287,7 @@ def test_int8_is_a_precision_everywhere_and_cpu_only(monkeypatch):
     assert build_parser().parse_args(["scan", "x", "--precision", "int8"]).precision == "int8"
 
 
+@pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
 def test_int8_holds_on_a_model_with_outlier_channels(model_dir, tmp_path, photos, classifier):
     """The same function with a few LayerNorm channels 30 times larger in every block (what trained
     transformers have): accepted, and within 0.01 of fp32 on photographs."""
