@@ -13,6 +13,7 @@ from typing import Any
 
 from nsfw_space import __version__, commands, desk_commands
 from nsfw_space.bulk.sources import INPUT_FORMATS
+from nsfw_space.cli_values import positive_float, positive_int, unit_float
 from nsfw_space.config import DEFAULT_HEAT_LEVEL, DEFAULT_MODEL
 from nsfw_space.errors import NSFWSpaceError
 from nsfw_space.logs import quiet_libraries
@@ -76,7 +77,7 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
     )
     _model_options(scan)
     scan.add_argument(
-        "--threshold", type=_unit_float, default=None, help="flag at or above this nsfw score (default 0.5)"
+        "--threshold", type=unit_float, default=None, help="flag at or above this nsfw score (default 0.5)"
     )
     scan.add_argument(
         "--policy",
@@ -85,7 +86,7 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
         help="block and review thresholds (from eval); adds decision allow/review/block (default: NSFW_SPACE_POLICY)",
     )
     scan.add_argument(
-        "--batch-size", type=_positive_int, default=None, help="images per forward pass (default 16)"
+        "--batch-size", type=positive_int, default=None, help="images per forward pass (default 16)"
     )
     scan.add_argument(
         "--output", "-o", default=None, help="FILE.csv, FILE.jsonl or FILE.parquet (default: CSV on stdout)"
@@ -98,11 +99,11 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
         help="how GIF/video frames are summed up",
     )
     scan.add_argument(
-        "--min-frames", type=_positive_int, default=2, help="k, for --frame-rule k-of-n (default 2)"
+        "--min-frames", type=positive_int, default=2, help="k, for --frame-rule k-of-n (default 2)"
     )
     scan.add_argument(
         "--every",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="SECONDS",
         help="GIFs and videos: a frame at least every SECONDS (up to 1000) instead of 8 evenly spaced",
@@ -121,15 +122,11 @@ def _add_scan(subcommands: Any) -> argparse.ArgumentParser:
         "--engine", choices=("local", "ray"), default="local", help="local (default) or ray (Ray Data)"
     )
     scan.add_argument("--ray-address", default=None, help="ray: auto or ray://HOST:10001 (default: Ray here)")
-    scan.add_argument(
-        "--workers", type=_positive_int, default=None, help="ray: model workers (default: CPUs)"
-    )
-    scan.add_argument(
-        "--gpus-per-worker", type=_unit_float, default=0.0, help="ray: GPUs per worker (0 to 1)"
-    )
+    scan.add_argument("--workers", type=positive_int, default=None, help="ray: model workers (default: CPUs)")
+    scan.add_argument("--gpus-per-worker", type=unit_float, default=0.0, help="ray: GPUs per worker (0 to 1)")
     scan.add_argument(
         "--cpus-per-worker",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="ray: CPUs (torch threads) per worker (default: shared out on one machine, 1 on a cluster)",
     )
@@ -160,7 +157,7 @@ def _add_explain(subcommands: Any) -> argparse.ArgumentParser:
     explain.add_argument("--output-dir", "-o", required=True, metavar="DIR", help="where the files go")
     _model_options(explain)
     explain.add_argument(
-        "--threshold", type=_unit_float, default=None, help="flag at or above this nsfw score (default 0.5)"
+        "--threshold", type=unit_float, default=None, help="flag at or above this nsfw score (default 0.5)"
     )
     explain.add_argument("--policy", default=None, metavar="POLICY.json", help="block and review thresholds")
     _redaction_options(explain)
@@ -171,13 +168,13 @@ def _add_explain(subcommands: Any) -> argparse.ArgumentParser:
 def _redaction_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--level",
-        type=_unit_float,
+        type=unit_float,
         default=DEFAULT_HEAT_LEVEL,
         help=f"redacted copy: blur where the heat (0 to 1, relative to the hottest region) is at least this (default {DEFAULT_HEAT_LEVEL})",
     )
     parser.add_argument(
         "--strength",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="PIXELS",
         help="redacted copy: the blur's radius (default 4%% of the image's longer side)",
@@ -199,7 +196,7 @@ def _add_export_web(subcommands: Any) -> argparse.ArgumentParser:
     export.add_argument("out_dir", metavar="DIR", help="an empty or new folder; any static host can serve it")
     _model_options(export)
     export.add_argument(
-        "--threshold", type=_unit_float, default=None, help="the page's starting threshold (default 0.5)"
+        "--threshold", type=unit_float, default=None, help="the page's starting threshold (default 0.5)"
     )
     export.add_argument("--policy", default=None, metavar="POLICY.json", help="block and review thresholds")
     export.set_defaults(run=commands.run_export_web)
@@ -213,10 +210,10 @@ def _add_loadtest(subcommands: Any) -> argparse.ArgumentParser:
     )
     load.add_argument("--image", required=True, help="the image every user sends")
     load.add_argument(
-        "--users", type=_positive_int, default=64, help="simultaneous users (default 64, at most 256)"
+        "--users", type=positive_int, default=64, help="simultaneous users (default 64, at most 256)"
     )
     load.add_argument(
-        "--rounds", type=_positive_int, default=3, help="rounds of calls (default 3, at most 20)"
+        "--rounds", type=positive_int, default=3, help="rounds of calls (default 3, at most 20)"
     )
     load.add_argument("--pid", type=int, default=None, help="server process id, to report its memory")
     load.add_argument("--max-seconds", type=float, default=300.0, help="stop after this long (default 300)")
@@ -229,14 +226,14 @@ def _add_bench(subcommands: Any) -> argparse.ArgumentParser:
         "bench", help="the model card's snippet and this package side by side (speed, scores, memory)"
     )
     bench.add_argument("--model", "-m", default=None, help="model directory (default: a random ViT-B/16)")
-    bench.add_argument("--images", type=_positive_int, default=64, help="JPEGs of mixed sizes (default 64)")
-    bench.add_argument("--rounds", type=_positive_int, default=2, help="alternating rounds (default 2)")
-    bench.add_argument("--batch-size", type=_positive_int, default=16, help="our batch size (default 16)")
+    bench.add_argument("--images", type=positive_int, default=64, help="JPEGs of mixed sizes (default 64)")
+    bench.add_argument("--rounds", type=positive_int, default=2, help="alternating rounds (default 2)")
+    bench.add_argument("--batch-size", type=positive_int, default=16, help="our batch size (default 16)")
     bench.add_argument("--device", default="auto")
     bench.add_argument("--precision", default="auto", choices=Precision.values())
     bench.add_argument("--compile", action="store_true", help="also time torch.compile (slow warm-up)")
     bench.add_argument("--api", action="store_true", help="also time /classify through gradio_client")
-    bench.add_argument("--api-calls", type=_positive_int, default=30, help="calls per server (default 30)")
+    bench.add_argument("--api-calls", type=positive_int, default=30, help="calls per server (default 30)")
     bench.add_argument("--workdir", default=None, help="keep the generated model and images here")
     bench.set_defaults(run=commands.run_bench)
     return bench
@@ -253,7 +250,7 @@ def _add_train(subcommands: Any) -> argparse.ArgumentParser:
     training.add_argument(
         "--base", default="google/vit-base-patch16-224-in21k", help="base model (hub id or directory)"
     )
-    training.add_argument("--batch-size", type=_positive_int, default=16)
+    training.add_argument("--batch-size", type=positive_int, default=16)
     training.add_argument("--learning-rate", type=float, default=5e-5)
     training.add_argument("--epochs", type=float, default=3.0)
     training.add_argument(
@@ -282,23 +279,23 @@ def _add_eval(subcommands: Any) -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--output-dir", "-o", required=True, help="where metrics.json and the plots go")
     _model_options(evaluation)
-    evaluation.add_argument("--target-precision", type=_unit_float, default=0.95)
+    evaluation.add_argument("--target-precision", type=unit_float, default=0.95)
     evaluation.add_argument(
         "--block-precision",
-        type=_unit_float,
+        type=unit_float,
         default=0.99,
         help="policy.json: block without a person at this precision (default 0.99)",
     )
     evaluation.add_argument(
         "--review-recall",
-        type=_unit_float,
+        type=unit_float,
         default=0.95,
         help="policy.json: send to review from the threshold that catches this share of nsfw (default 0.95)",
     )
     evaluation.add_argument(
-        "--threshold", type=_unit_float, default=None, help="for precision/recall/F1 (default 0.5)"
+        "--threshold", type=unit_float, default=None, help="for precision/recall/F1 (default 0.5)"
     )
-    evaluation.add_argument("--batch-size", type=_positive_int, default=None)
+    evaluation.add_argument("--batch-size", type=positive_int, default=None)
     evaluation.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     evaluation.set_defaults(run=commands.run_eval)
     return evaluation
@@ -320,36 +317,6 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         choices=Optimization.values(),
         help="forward-pass speed-up (default auto)",
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError("must be a number above 0")
-    return value
 
 
 if __name__ == "__main__":

@@ -105,6 +105,14 @@ def test_a_resized_reencoded_or_flipped_copy_of_a_blocked_image_is_blocked_and_o
         )
         assert [row["decision"] for row in rows] == ["allow", "block"]
         assert rows[0]["match"] is None and rows[1]["match"]["distance"] == 0
+        frames = [
+            Image.open(PHOTO).convert("RGB").resize((256, 256)),
+            Image.open(OTHER_PHOTO).convert("RGB").resize((256, 256)),
+        ]
+        gif = tmp_path / "known.gif"
+        frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
+        animated = client.predict(handle_file(str(gif)), None, "max", 2, 8, api_name="/moderate_frames")
+        assert animated["decision"] == "block" and animated["match"]["list"] == "block"  # its first frame
     finally:
         demo.close()
         desk.close()
@@ -243,7 +251,8 @@ def test_anonymous_callers_are_refused_by_every_desk_endpoint_through_raw_http(c
 
     desk = Desk(DeskOptions(url=f"sqlite:///{tmp_path / 'desk.db'}"))
     desk.moderators.add("alice", "correct horse")
-    secret = desk.queue.enqueue(PHOTO.read_bytes(), 0.6, "review")
+    stored = jpeg_bytes(varied_image(4242, (320, 240)))  # an image no test uploads
+    secret = desk.queue.enqueue(stored, 0.6, "review")
     settings = Settings(cache_minutes=1)
     demo = create_demo(classifier, settings, desk=desk)
     _, url, _ = demo.launch(
@@ -280,9 +289,18 @@ def test_anonymous_callers_are_refused_by_every_desk_endpoint_through_raw_http(c
         assert event == "complete" and "alice" in signed
         event, outputs = raw_call(url, "desk_next", [token, True])
         state, preview, details = outputs
-        assert (
-            event == "complete" and state["item_id"] == secret and preview is not None and "Score" in details
-        )
+        assert event == "complete" and state["item_id"] == secret and "Score" in details
+        assert 'class="desk-item-blurred"' in preview and "data:image/jpeg;base64," in preview
+        event, shown = raw_call(url, "desk_look", [token, state])
+        assert event == "complete" and 'class="desk-item-shown"' in shown[0]
+        event, message = raw_call(url, "desk_look", ["x" * 43, state])  # the lease alone shows nothing
+        assert event == "error" and "Sign in as a moderator" in str(message)
+        from gradio.utils import get_upload_folder
+
+        cached = [
+            p for p in Path(get_upload_folder()).rglob("*") if p.is_file() and p.stat().st_size == len(stored)
+        ]
+        assert not any(p.read_bytes() == stored for p in cached)  # never written where Gradio serves files
         event, outputs = raw_call(url, "desk_block", [token, state, True, True])
         assert event == "complete" and outputs[0] is None, outputs  # decided; nothing else waits
         assert desk.lists.sizes()["block"] == 1  # and its hash went on the block list

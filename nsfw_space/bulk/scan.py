@@ -20,7 +20,7 @@ from typing import Any
 from nsfw_space.bulk.explained import ExplanationFiles
 from nsfw_space.bulk.locations import IMAGE_SUFFIXES, VIDEO_SUFFIXES, listing, walk
 from nsfw_space.bulk.sources import Inputs, Item, Loaded, items_from, load, units_of
-from nsfw_space.bulk.writers import csv_cell, csv_text
+from nsfw_space.bulk.writers import csv_text, progress_bar, row_cell
 from nsfw_space.desk.desk import Desk
 from nsfw_space.errors import ConfigError, InvalidImageError
 from nsfw_space.model.classifier import NSFWClassifier
@@ -98,7 +98,7 @@ class RowWriter:
                 self._flush_parquet()
             return
         if self._csv is not None:
-            self._csv.writerow({key: _cell(row.get(key)) for key in self.columns})
+            self._csv.writerow({key: row_cell(row.get(key)) for key in self.columns})
         else:
             self.handle.write(json.dumps({key: row.get(key) for key in self.columns}) + "\n")
         self.handle.flush()
@@ -270,7 +270,7 @@ def scan(
     writer = RowWriter(
         plan.output, plan.fmt, classifier.labels, appending=plan.appending, match=desk is not None
     )
-    bar = _progress(plan.total, progress)
+    bar = progress_bar(plan.total, progress)
     try:
         for chunk in chunks(pending(plan, summary), CHUNK):
             loaded = [load(item) for item in chunk]
@@ -344,17 +344,3 @@ def make_row(
     if "segments" in answer:  # JSON in every format: one cell of the CSV, a list in JSON Lines
         row["segments"] = answer["segments"]
     return row
-
-
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, (list, dict)):
-        return csv_cell(json.dumps(value))
-    return csv_cell(value)
-
-
-def _progress(total: int | None, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="file", file=sys.stderr, disable=not enabled, dynamic_ncols=True)

@@ -10,6 +10,8 @@ booleans are never changed.
 from __future__ import annotations
 
 import csv
+import json
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -61,3 +63,19 @@ def write_batch_csv(rows: list[dict[str, Any]], labels: list[str], folder: Path)
                 )
             )
     return path
+
+
+def row_cell(value: Any) -> Any:
+    """A scan row's value as a CSV cell: empty for None, JSON for lists and dicts, then escaped."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return csv_cell(json.dumps(value))
+    return csv_cell(value)
+
+
+def progress_bar(total: int | None, enabled: bool) -> Any:
+    """tqdm on stderr (off when not ``enabled``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="file", file=sys.stderr, disable=not enabled, dynamic_ncols=True)

@@ -197,7 +197,6 @@ def _wire_page(views: PageViews, page: layout.Page) -> None:
             inputs=[image.image, image.label, threshold, session],
             outputs=[image.verdict, image.details, page.match],
             preprocess=False,
-            concurrency_id="model",
             **HIDDEN,
         )
     threshold.change(views.verdict_from_label, **verdict_inputs, **HIDDEN)

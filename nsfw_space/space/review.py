@@ -4,13 +4,14 @@ optionally putting the image's hash on a list. Anonymous callers are refused wit
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import time
 from typing import Any
 
 import gradio as gr
-from PIL import Image, ImageFilter, ImageOps
+from PIL import ImageFilter, ImageOps
 
 from nsfw_space.desk.auth import hub_moderator
 from nsfw_space.desk.desk import Desk
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 PREVIEW_SIZE = 768
 NOTHING = "Nothing is waiting for review."
+EMPTY_PREVIEW = '<div class="desk-empty">No item is open.</div>'
 
 
 Profile = gr.OAuthProfile | None
@@ -58,18 +60,16 @@ class ReviewViews:
 
     def next_item(
         self, token: Any, grey: Any = True, profile: Profile = None, hub_token: HubToken = None
-    ) -> tuple[dict[str, Any] | None, Image.Image | None, str]:
+    ) -> tuple[dict[str, Any] | None, str, str]:
         """Lease the next item to the signed-in moderator: (lease, blurred preview, details)."""
         with shown_as_desk_error():
             lease = self.desk.queue.next(self.moderator(token, profile, hub_token))
         if lease is None:
-            return None, None, NOTHING
+            return None, EMPTY_PREVIEW, NOTHING
         state = {"item_id": lease.item_id, "lease": lease.token}
         return state, _preview(lease.image, blurred=True, grey=bool(grey)), _details(lease)
 
-    def look(
-        self, token: Any, state: Any, profile: Profile = None, hub_token: HubToken = None
-    ) -> Image.Image | None:
+    def look(self, token: Any, state: Any, profile: Profile = None, hub_token: HubToken = None) -> str:
         """The leased item unblurred, for its moderator only."""
         with shown_as_desk_error():
             lease = self.desk.queue.held(self.moderator(token, profile, hub_token))
@@ -87,7 +87,7 @@ class ReviewViews:
         grey: Any = True,
         profile: Profile = None,
         hub_token: HubToken = None,
-    ) -> tuple[dict[str, Any] | None, Image.Image | None, str]:
+    ) -> tuple[dict[str, Any] | None, str, str]:
         """Allow the leased item (optionally putting its hash on the allow list); then the next."""
         return self.decide(token, state, "allow", add_to_list, grey, profile, hub_token)
 
@@ -99,7 +99,7 @@ class ReviewViews:
         grey: Any = True,
         profile: Profile = None,
         hub_token: HubToken = None,
-    ) -> tuple[dict[str, Any] | None, Image.Image | None, str]:
+    ) -> tuple[dict[str, Any] | None, str, str]:
         """Block the leased item (optionally putting its hash on the block list); then the next."""
         return self.decide(token, state, "block", add_to_list, grey, profile, hub_token)
 
@@ -112,7 +112,7 @@ class ReviewViews:
         grey: Any = True,
         profile: Profile = None,
         hub_token: HubToken = None,
-    ) -> tuple[dict[str, Any] | None, Image.Image | None, str]:
+    ) -> tuple[dict[str, Any] | None, str, str]:
         """Record allow or block (optionally listing the image's hash), then lease the next item."""
         with shown_as_desk_error():
             moderator = self.moderator(token, profile, hub_token)
@@ -175,9 +175,9 @@ def review_tab(desk: Desk, hub_sign_in: bool = False) -> gr.Textbox:
             sign_in = gr.Button("Sign in", elem_id="desk-sign-in", scale=1)
         signed = gr.Markdown(elem_id="desk-signed")
         with gr.Row():
-            preview = gr.Image(
-                label="Item (blurred until you look)", type="pil", interactive=False, elem_id="desk-item"
-            )
+            # an <img> with a data: URL, not gr.Image: a stored image never lands in Gradio's file
+            # cache, where anyone holding its URL could fetch it
+            preview = gr.HTML(EMPTY_PREVIEW, elem_id="desk-item")
             with gr.Column():
                 details = gr.Markdown(NOTHING, elem_id="desk-details")
                 grey = gr.Checkbox(value=True, label="Greyscale preview")
@@ -239,17 +239,24 @@ def _lease_of(state: Any) -> tuple[str, str]:
     return state["item_id"], state["lease"]
 
 
-def _preview(image: bytes, blurred: bool, grey: bool) -> Image.Image | None:
+def _preview(image: bytes, blurred: bool, grey: bool) -> str:
+    """The item as an inline JPEG (at most 768 px), blurred and grey unless the moderator looks."""
     try:
-        picture = load_image(io.BytesIO(image).getvalue(), draft_size=(PREVIEW_SIZE, PREVIEW_SIZE))
+        picture = load_image(image, draft_size=(PREVIEW_SIZE, PREVIEW_SIZE))
     except InvalidImageError:
-        return None
+        return '<div class="desk-empty">This stored file cannot be shown; decide it from its score.</div>'
     picture.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
     if grey:
         picture = ImageOps.grayscale(picture).convert("RGB")
     if blurred:
         picture = picture.filter(ImageFilter.GaussianBlur(max(picture.size) / 24))
-    return picture
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=85)
+    state = "blurred" if blurred else "shown"
+    return (
+        f'<img class="desk-item-{state}" alt="the item under review ({state})" style="max-width:100%" '
+        f'src="data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+    )
 
 
 def _details(lease: Any) -> str:
