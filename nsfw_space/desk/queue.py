@@ -84,9 +84,9 @@ class ReviewQueue:
         if held is not None:
             return held
         table = store.review_items
-        now = time.time()
-        free = or_(table.c.lease_until.is_(None), table.c.lease_until <= now)
         while True:
+            now = time.time()
+            free = or_(table.c.lease_until.is_(None), table.c.lease_until <= now)
             with self.engine.connect() as connection:
                 candidates = (
                     connection.execute(
@@ -112,7 +112,6 @@ class ReviewQueue:
                     ).rowcount
                 if claimed == 1:
                     return self._lease(item_id, token)
-            now = time.time()
 
     def held(self, moderator: str) -> Lease | None:
         """The item ``moderator`` holds a live lease on, if any."""

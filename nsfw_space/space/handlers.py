@@ -93,7 +93,9 @@ class Handlers:
             url: an http(s) URL of an image, used when no image is uploaded.
         Returns:
             label, scores (every label's probability), nsfw_score, is_nsfw, threshold, decision
-            (allow, review or block) and review_threshold.
+            (allow, review or block) and review_threshold; with the moderation desk on, also match
+            (null, or the known-image list that decided, its hash distance and note) and review_id
+            when the image was queued for review.
         """
         limit = self.applied(threshold)
         source = self._given_image(image, url)
@@ -110,7 +112,7 @@ class Handlers:
             urls: image URLs, one per line.
         Returns:
             one entry per file, in order: file, label, scores, nsfw_score, is_nsfw, threshold, decision,
-            review_threshold, error.
+            review_threshold, error (and match, review_id with the moderation desk on).
         """
         limit = self.applied(threshold)
         return self._moderate_named(self._batch_sources(files, urls), limit, progress)
@@ -159,7 +161,8 @@ class Handlers:
         Returns:
             label, scores, nsfw_score, is_nsfw, threshold, decision, review_threshold, rule, k (as
             applied), frame_scores, frame_times and segments (time ranges, in seconds, whose frames
-            score at or above the review threshold, with their peak score).
+            score at or above the review threshold, with their peak score); with the moderation desk
+            on, also match (the first frame's) and review_id.
         """
         return self._frames(media, self.applied(threshold), rule, k, frames)
 
