@@ -321,3 +321,32 @@ def test_a_short_command_starts_no_build_and_exits_cleanly(model_dir, tmp_path, 
     assert len(out.read_text().splitlines()) == 3
     assert not (tmp_path / "cache" / "int8").exists() or not any((tmp_path / "cache" / "int8").iterdir())
     assert "Traceback" not in result.stderr and "terminate called" not in result.stderr
+
+
+def test_the_weights_digest_is_kept_per_model_until_a_weight_changes():
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        image_size=32,
+        patch_size=16,
+    )
+    model = ViTForImageClassification(config)
+    first = quantize.weights_digest(model)
+    reads = []
+    original = torch.Tensor.contiguous
+    torch.Tensor.contiguous = lambda self, *a, **k: reads.append(1) or original(self, *a, **k)
+    try:
+        assert quantize.weights_digest(model) == first and not reads  # kept: no tensor read again
+        with torch.no_grad():
+            model.classifier.bias.add_(1.0)
+        changed = quantize.weights_digest(model)
+        assert changed != first and reads  # an in-place change is seen
+    finally:
+        torch.Tensor.contiguous = original
+    key = quantize.cache_key("org/My Model", ["recipe", first])
+    assert key.startswith("My-Model-") and key != quantize.cache_key("org/My Model", ["recipe", changed])

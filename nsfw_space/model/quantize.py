@@ -21,6 +21,7 @@ import os
 import shutil
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,14 +75,33 @@ def needs_reduced_range() -> bool:
     return not {"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()
 
 
+_digests: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[int, ...], str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def weights_digest(model: torch.nn.Module) -> str:
-    """A digest of every parameter and buffer (names, dtypes, shapes, bytes): the model's identity."""
+    """A digest of every parameter and buffer (names, dtypes, shapes, bytes): the model's identity.
+    Kept per model until a tensor of it changes in place (torch counts those in ``_version``), so
+    the int8 key and the browser model's key at one start read the weights once."""
+    tensors = sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items())
+    versions = tuple(tensor._version for _, tensor in tensors)
+    known = _digests.get(model)
+    if known is not None and known[0] == versions:
+        return known[1]
     digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted({**dict(model.named_parameters()), **dict(model.named_buffers())}.items()):
+    for name, tensor in tensors:
         data = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{data.dtype}:{tuple(data.shape)};".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    _digests[model] = (versions, digest.hexdigest())
     return digest.hexdigest()
+
+
+def cache_key(name: str, parts: list[str]) -> str:
+    """A cache folder's name: the model's readable last name and a digest of what the build depends on."""
+    readable = "".join(ch if ch.isalnum() else "-" for ch in name.rsplit("/", 1)[-1])[:40] or "model"
+    return f"{readable}-{hashlib.blake2b('|'.join(parts).encode(), digest_size=10).hexdigest()}"
 
 
 def package_key(model: torch.nn.Module, name: str) -> str:
@@ -96,8 +116,7 @@ def package_key(model: torch.nn.Module, name: str) -> str:
         hashlib.blake2b(" ".join(sorted(cpu_flags())).encode(), digest_size=8).hexdigest(),
         str(torch.get_num_threads()),
     ]
-    readable = "".join(ch if ch.isalnum() else "-" for ch in name.rsplit("/", 1)[-1])[:40] or "model"
-    return f"{readable}-{hashlib.blake2b('|'.join(parts).encode(), digest_size=10).hexdigest()}"
+    return cache_key(name, parts)
 
 
 def generated_pixels(preprocess: Callable[[Any], np.ndarray], count: int, first_seed: int) -> np.ndarray:

@@ -4,7 +4,6 @@ ready, :meth:`BrowserModel.status` says so (and why, if it was refused)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -123,7 +122,5 @@ class BrowserModel:
     def _folder(self) -> Path:
         if self.key is None:
             digest = quantize.weights_digest(self.classifier.model)
-            parts = f"{export.RECIPE}|{digest}"
-            name = "".join(ch if ch.isalnum() else "-" for ch in self.classifier.name.rsplit("/", 1)[-1])[:40]
-            self.key = f"{name or 'model'}-{hashlib.blake2b(parts.encode(), digest_size=10).hexdigest()}"
+            self.key = quantize.cache_key(self.classifier.name, [export.RECIPE, digest])
         return self.cache_root / "web" / self.key
