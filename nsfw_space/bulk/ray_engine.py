@@ -18,8 +18,9 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from nsfw_space.bulk.scan import RowWriter, ScanPlan, ScanSummary, _progress, score_rows
+from nsfw_space.bulk.scan import RowWriter, ScanPlan, ScanSummary, score_rows
 from nsfw_space.bulk.sources import Item, Loaded, read_units
+from nsfw_space.bulk.writers import progress_bar
 from nsfw_space.config import Settings
 from nsfw_space.errors import ConfigError, InvalidImageError
 
@@ -249,7 +250,7 @@ def scan_with_ray(
         num_gpus=options.gpus_per_worker or None,
     )
     writer: RowWriter | None = None
-    bar = _progress(plan.total, progress)
+    bar = progress_bar(plan.total, progress)
     try:
         for batch in dataset.iter_batches(batch_size=batch_size, batch_format="pandas"):
             for text, node in zip(batch["row"], batch["node"], strict=True):
