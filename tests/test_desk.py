@@ -267,6 +267,7 @@ def test_anonymous_callers_are_refused_by_every_desk_endpoint_through_raw_http(c
             "/desk_look",
             "/desk_next",
             "/desk_sign_in",
+            "/desk_sign_out",
             "/desk_skip",
             "/desk_status",
         ]
@@ -304,6 +305,15 @@ def test_anonymous_callers_are_refused_by_every_desk_endpoint_through_raw_http(c
         event, outputs = raw_call(url, "desk_block", [token, state, True, True])
         assert event == "complete" and outputs[0] is None, outputs  # decided; nothing else waits
         assert desk.lists.sizes()["block"] == 1  # and its hash went on the block list
+        other = desk.queue.enqueue(stored, 0.6, "review")
+        event, (state, *_rest) = raw_call(url, "desk_next", [token, True])
+        assert state["item_id"] == other
+        event, message = raw_call(url, "desk_sign_out", [None, state])  # anyone can sign out nobody
+        assert event == "complete" and desk.queue.held("alice").item_id == other  # and moves nothing
+        event, _ = raw_call(url, "desk_sign_out", [token, state])
+        assert event == "complete" and desk.queue.next("bob").item_id == other  # handed back at once
+        event, message = raw_call(url, "desk_next", [token, True])
+        assert event == "error" and "Sign in as a moderator" in str(message)  # the session is over
     finally:
         demo.close()
         desk.close()
@@ -371,6 +381,29 @@ def test_desk_export_writes_an_image_folder_of_the_decisions(tmp_path):
     desk.close()
     engine = create_engine(f"sqlite:///{tmp_path / 'desk.db'}")
     engine.dispose()
+
+
+def test_a_name_is_locked_after_five_failed_sign_ins_and_unknown_names_cost_the_same(tmp_path):
+    from nsfw_space.desk import auth
+    from nsfw_space.errors import NotSignedInError
+
+    desk = Desk(DeskOptions(url=f"sqlite:///{tmp_path / 'desk.db'}"))
+    desk.moderators.add("alice", "correct horse")
+    for _ in range(auth.MAX_FAILURES):
+        with pytest.raises(NotSignedInError, match="do not match"):
+            desk.moderators.sign_in("alice", "guess")
+    with pytest.raises(NotSignedInError, match="Too many failed sign-ins"):
+        desk.moderators.sign_in("alice", "correct horse")  # even the right password, for a while
+    desk.moderators.add("carol", "another long one")
+    timings = {}
+    for name in ("carol", "nobody"):  # a moderator with a wrong password, and a name that is not one
+        started = time.perf_counter()
+        with pytest.raises(NotSignedInError, match="do not match"):
+            desk.moderators.sign_in(name, "wrong password")
+        timings[name] = time.perf_counter() - started
+    assert min(timings.values()) > 0.01  # both paid for an scrypt: no quick answer for unknown names
+    assert timings["nobody"] > timings["carol"] / 3
+    desk.close()
 
 
 def test_hugging_face_moderators_are_the_named_users_and_organisations_only(tmp_path):

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 import time
 from typing import Any
 
@@ -25,6 +26,9 @@ SESSION_SECONDS = 12 * 3600.0
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$")
 SIGN_IN_FIRST = "Sign in as a moderator to use the review desk."
+MAX_FAILURES = 5  # failed sign-ins for one name within FAILURE_WINDOW_S before it is locked
+FAILURE_WINDOW_S = 900.0
+_UNKNOWN = "scrypt$" + "00" * 16 + "$" + "00" * 64  # same cost for unknown names
 
 
 def hash_password(password: str) -> str:
@@ -49,6 +53,8 @@ class Moderators:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
 
     def add(self, name: str, password: str) -> None:
         """Add a moderator, or set a new password for one. Raises DeskError for a bad name or a
@@ -76,12 +82,17 @@ class Moderators:
         refused = NotSignedInError("That name and password do not match a moderator of this desk.")
         if not isinstance(name, str) or not isinstance(password, str) or not NAME.match(name):
             raise refused
+        self._check_not_locked(name)
         with self.engine.connect() as connection:
             stored = connection.execute(
                 select(store.users.c.password_hash).where(store.users.c.name == name)
             ).scalar()
-        if stored is None or not password_matches(password, stored):
+        # an unknown name costs the same scrypt as a known one: the time does not tell which exist
+        if not password_matches(password, stored or _UNKNOWN) or stored is None:
+            self._record_failure(name)
             raise refused
+        with self._lock:
+            self._failures.pop(name, None)
         token = secrets.token_urlsafe(32)
         with self.engine.begin() as connection:
             connection.execute(delete(store.sessions).where(store.sessions.c.expires_at < time.time()))
@@ -91,6 +102,21 @@ class Moderators:
                 )
             )
         return token
+
+    def _check_not_locked(self, name: str) -> None:
+        now = time.time()
+        with self._lock:
+            recent = [at for at in self._failures.get(name, []) if now - at < FAILURE_WINDOW_S]
+            self._failures[name] = recent
+        if len(recent) >= MAX_FAILURES:
+            minutes = max(1, round((recent[0] + FAILURE_WINDOW_S - now) / 60))
+            raise NotSignedInError(
+                f"Too many failed sign-ins for this name; try again in {minutes} min (or ask for a new password)."
+            )
+
+    def _record_failure(self, name: str) -> None:
+        with self._lock:
+            self._failures.setdefault(name, []).append(time.time())
 
     def sign_out(self, token: Any) -> None:
         if isinstance(token, str) and token:

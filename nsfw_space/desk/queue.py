@@ -176,9 +176,9 @@ class ReviewQueue:
                 )
             )
 
-    def skip(self, item_id: str, token: str, moderator: str) -> None:
-        """Give a leased item back undecided; it returns to the queue after SKIP_SECONDS (so the
-        next item is another one)."""
+    def skip(self, item_id: str, token: str, moderator: str, after_s: float = SKIP_SECONDS) -> None:
+        """Give a leased item back undecided; it returns to the queue after ``after_s`` (by
+        default SKIP_SECONDS, so the skipping moderator's next item is another one)."""
         table = store.review_items
         with self.engine.begin() as connection:
             connection.execute(
@@ -189,7 +189,7 @@ class ReviewQueue:
                     table.c.lease_owner == moderator,
                     table.c.state == "pending",
                 )
-                .values(lease_until=time.time() + SKIP_SECONDS, lease_owner=None, lease_token=None)
+                .values(lease_until=time.time() + after_s, lease_owner=None, lease_token=None)
             )
 
     def hash_of_item(self, item_id: str) -> str | None:

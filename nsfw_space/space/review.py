@@ -148,6 +148,19 @@ class ReviewViews:
             self.desk.queue.skip(item_id, lease_token, moderator)
         return self.next_item(token, grey, profile, hub_token)
 
+    def sign_out(self, token: Any, state: Any) -> tuple[str, str, None, str, str]:
+        """End the session; an item still held goes straight back to the queue."""
+        with shown_as_desk_error():
+            if isinstance(state, dict) and _is_session(token):
+                try:
+                    moderator = self.desk.moderators.moderator(token)
+                    item_id, lease_token = _lease_of(state)
+                    self.desk.queue.skip(item_id, lease_token, moderator, after_s=0.0)
+                except DeskError:
+                    pass  # not signed in any more, or no item open: nothing to hand back
+            self.desk.moderators.sign_out(token)
+        return "", "Signed out.", None, EMPTY_PREVIEW, NOTHING
+
     def status(self, token: Any, profile: Profile = None, hub_token: HubToken = None) -> dict[str, Any]:
         """The desk's counts (pending, decided, list sizes), for moderators."""
         with shown_as_desk_error():
@@ -173,6 +186,7 @@ def review_tab(desk: Desk, hub_sign_in: bool = False) -> gr.Textbox:
             name = gr.Textbox(label="Moderator", elem_id="desk-name", scale=2)
             password = gr.Textbox(label="Password", type="password", elem_id="desk-password", scale=2)
             sign_in = gr.Button("Sign in", elem_id="desk-sign-in", scale=1)
+            sign_out = gr.Button("Sign out", elem_id="desk-sign-out", scale=1)
         signed = gr.Markdown(elem_id="desk-signed")
         with gr.Row():
             # an <img> with a data: URL, not gr.Image: a stored image never lands in Gradio's file
@@ -197,6 +211,7 @@ def review_tab(desk: Desk, hub_sign_in: bool = False) -> gr.Textbox:
         views.next_item, [token, grey], item, api_name="desk_next"
     )
     take.click(views.next_item, [token, grey], item, api_visibility="private")
+    sign_out.click(views.sign_out, [token, lease], [token, signed, *item], api_name="desk_sign_out")
     look.click(views.look, [token, lease], preview, api_name="desk_look")
     allow.click(views.allow, [token, lease, listed, grey], item, api_name="desk_allow")
     block.click(views.block, [token, lease, listed, grey], item, api_name="desk_block")
