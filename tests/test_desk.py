@@ -67,6 +67,10 @@ def test_migrations_upgrade_an_older_database_and_keep_its_data(db_url):
     assert store.current_version(desk.engine) == store.LATEST
     assert desk.lists.export_lines("block") == ["ab" * 32 + " kept"]
     assert desk.queue.counts()["pending"] == 0  # the later tables exist
+    from sqlalchemy import inspect
+
+    indexes = {index["name"] for index in inspect(desk.engine).get_indexes("desk_review_items")}
+    assert "desk_review_items_hash" in indexes  # and step 4's index
     desk.close()
     engine.dispose()
 
@@ -132,6 +136,9 @@ def test_review_decisions_are_queued_and_survive_a_restart(db_url):
     desk = Desk(DeskOptions(url=db_url))
     answer = desk.judge(PHOTO, {"decision": "review", "nsfw_score": 0.61})
     assert answer["match"] is None and len(answer["review_id"]) == 32
+    again_sent = desk.judge(PHOTO, {"decision": "review", "nsfw_score": 0.61})
+    assert again_sent["review_id"] == answer["review_id"]  # the same picture waiting is one item
+    assert desk.queue.counts()["pending"] == 1
     allowed = desk.judge(OTHER_PHOTO, {"decision": "allow", "nsfw_score": 0.01})
     assert "review_id" not in allowed
     desk.close()

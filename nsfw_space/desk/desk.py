@@ -93,13 +93,12 @@ class Desk:
         )
         if decision == "review" or audited:
             stored_hash = image_hash.hex if image_hash is not None and image_hash.usable else None
-            item_id = self.queue.enqueue(
-                _read(source),
-                result["nsfw_score"],
-                decision,
-                "review" if decision == "review" else "audit",
-                stored_hash,
-            )
+            item_id = self.queue.pending_with_hash(stored_hash) if stored_hash else None
+            if item_id is None:  # the same picture already waiting is not queued twice
+                reason = "review" if decision == "review" else "audit"
+                item_id = self.queue.enqueue(
+                    _read(source), result["nsfw_score"], decision, reason, stored_hash
+                )
             if decision == "review":  # an audited image is not announced to its sender
                 result["review_id"] = item_id
         return result

@@ -77,6 +77,14 @@ class ReviewQueue:
             )
         return item_id
 
+    def pending_with_hash(self, hash_hex: str) -> str | None:
+        """The review_id of a pending item whose picture has exactly this PDQ hash, if any."""
+        table = store.review_items
+        with self.engine.connect() as connection:
+            return connection.execute(
+                select(table.c.id).where(table.c.hash == hash_hex, table.c.state == "pending").limit(1)
+            ).scalar()
+
     def next(self, moderator: str) -> Lease | None:
         """Lease the oldest pending item to ``moderator`` (or give back the one they already hold);
         None when nothing is waiting."""

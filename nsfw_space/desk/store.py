@@ -14,6 +14,7 @@ from sqlalchemy import (
     Column,
     Engine,
     Float,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -98,12 +99,21 @@ sessions = Table(
     Column("expires_at", Float, nullable=False),
 )
 
-# Each migration creates the tables it introduced; they run in order, each once, recorded in
-# desk_schema. A new version appends a step here and never edits an old one.
-MIGRATIONS: list[tuple[int, str, list[Table]]] = [
-    (1, "known-image lists", [schema_version, counters, list_entries]),
-    (2, "review queue and decisions", [review_items, decisions]),
-    (3, "moderators and sessions", [users, sessions]),
+# the same picture queued twice while pending is one item (see Desk.judge)
+review_items_by_hash = Index("desk_review_items_hash", review_items.c.hash)
+
+
+def _index_review_hashes(connection: Any) -> None:
+    review_items_by_hash.create(connection, checkfirst=True)  # new databases have it from step 2
+
+
+# Each migration creates the tables it introduced (and runs its own step, if any); they run in
+# order, each once, recorded in desk_schema. A new version appends a step and never edits an old one.
+MIGRATIONS: list[tuple[int, str, list[Table], Callable[[Any], None] | None]] = [
+    (1, "known-image lists", [schema_version, counters, list_entries], None),
+    (2, "review queue and decisions", [review_items, decisions], None),
+    (3, "moderators and sessions", [users, sessions], None),
+    (4, "review items found by their hash", [], _index_review_hashes),
 ]
 LATEST = MIGRATIONS[-1][0]
 
@@ -153,11 +163,13 @@ def upgrade(engine: Engine, to: int = LATEST, on_step: Callable[[int, str], None
             f"The desk database is at schema version {version}, newer than this nsfw-space "
             f"({LATEST}); upgrade nsfw-space before using it."
         )
-    for step, what, tables in MIGRATIONS:
+    for step, what, tables, extra in MIGRATIONS:
         if step <= version or step > to:
             continue
         with engine.begin() as connection:
             metadata.create_all(connection, tables=tables)
+            if extra is not None:
+                extra(connection)
             if step == 1:
                 connection.execute(insert(schema_version).values(version=1))
                 connection.execute(insert(counters).values(name="lists", value=0))
