@@ -1,5 +1,6 @@
-"""A Space's first start as a host sees it, with an empty cache: does every call hold while int8 is
-built, how slow are calls meanwhile, and does a second start build again?
+"""A Space's first start as a host sees it, with an empty cache: does every call hold while int8
+(and, with private mode on, the browser model) is built, how slow are calls meanwhile, and does a
+second start build again?
 
 Starts ``python app.py`` (a process of its own, the model in MODEL_DIR, a new cache folder), and
 from the first second after it answers: three gradio_client callers on ``/classify`` and one on
@@ -9,6 +10,9 @@ second start with the same cache has its CPU time read while it idles.
 Prints one side-by-side table.
 
     python benchmarks/start_holds.py --model DIR [--image examples/coffee.jpg] [--precision auto]
+        [--private-mode on|off]
+
+``--precision fp32 --private-mode on`` measures the browser model's build alone.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILD_ENDED = ("serving int8", "int8 not used", "int8 not built", "refused")
+BUILD_ENDED = ("serving int8", "int8 not used", "int8 not built", "int8 build refused")
+BROWSER_ENDED = ("browser model ready", "On this device tab is off", "building build refused")
 
 
 def free_port() -> int:
@@ -35,13 +40,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(model: str, cache: str, precision: str) -> tuple[subprocess.Popen, str, list[str]]:
+def start(
+    model: str, cache: str, precision: str, private: str = "0"
+) -> tuple[subprocess.Popen, str, list[str]]:
     port = free_port()
     env = dict(
         os.environ,
         NSFW_SPACE_MODEL=model,
         NSFW_SPACE_CACHE_DIR=cache,
         NSFW_SPACE_PRECISION=precision,
+        NSFW_SPACE_PRIVATE_MODE=private,
         GRADIO_SERVER_NAME="127.0.0.1",
         GRADIO_SERVER_PORT=str(port),
         GRADIO_ANALYTICS_ENABLED="False",
@@ -132,6 +140,12 @@ def main() -> None:
         "--plain-precision", default="", help="the plan served before int8 (default: as auto)"
     )
     parser.add_argument("--baseline-only", action="store_true", help="only the plan with no build")
+    parser.add_argument(
+        "--private-mode",
+        choices=("on", "off"),
+        default="on",
+        help="build the browser model too (the default)",
+    )
     args = parser.parse_args()
     from nsfw_space.model.device import cpu_description
 
@@ -143,12 +157,19 @@ def main() -> None:
         )
         return
     with tempfile.TemporaryDirectory() as cache:
-        process, url, lines = start(args.model, cache, args.precision)
+        private = "1" if args.private_mode == "on" else "0"
+        process, url, lines = start(args.model, cache, args.precision, private)
         ready = time.monotonic()
         stop = threading.Event()
+        awaited = ([BUILD_ENDED] if args.precision in ("auto", "int8") else []) + (
+            [BROWSER_ENDED] if private == "1" else []
+        )
+
+        def ended(marks: tuple[str, ...]) -> bool:
+            return any(any(mark in line for mark in marks) for line in list(lines))
 
         def watch() -> None:
-            while not any(any(mark in line for mark in BUILD_ENDED) for line in list(lines)):
+            while not all(ended(marks) for marks in awaited):
                 if process.poll() is not None:
                     break
                 time.sleep(0.5)
@@ -159,8 +180,13 @@ def main() -> None:
         loaded_seconds = time.monotonic() - ready
         stop.wait(1800)  # the rest of the build, with no load
         build_seconds = time.monotonic() - ready
-        outcome = next(
-            (line.strip() for line in lines if any(mark in line for mark in BUILD_ENDED)), "no build"
+        outcome = (
+            " / ".join(
+                line.strip()[-120:]
+                for line in lines
+                if any(mark in line for mark in BUILD_ENDED + BROWSER_ENDED)
+            )
+            or "no build"
         )
         quiet = call_until(url, args.image, threading.Event(), seconds=args.quiet_seconds)
         process.terminate()
@@ -169,7 +195,7 @@ def main() -> None:
             [p.name for p in (Path(cache) / "int8").glob(".*")] if (Path(cache) / "int8").exists() else []
         )
 
-        again, _, again_lines = start(args.model, cache, args.precision)
+        again, _, again_lines = start(args.model, cache, args.precision, private)
         time.sleep(2)
         first = cpu_seconds(again.pid)
         time.sleep(20)
@@ -180,7 +206,8 @@ def main() -> None:
 
     plain_precision, baseline = same_plan_without_build(args)
 
-    print(f"build outcome: {outcome[-160:]}")
+    print(f"private mode: {args.private_mode}; precision: {args.precision}")
+    print(f"build outcome: {outcome[-300:]}")
     print(
         f"build took {build_seconds:.0f} s after the app answered (callers during its first {loaded_seconds:.0f} s)"
     )
