@@ -109,14 +109,16 @@ def test_a_resized_reencoded_or_flipped_copy_of_a_blocked_image_is_blocked_and_o
         )
         assert [row["decision"] for row in rows] == ["allow", "block"]
         assert rows[0]["match"] is None and rows[1]["match"]["distance"] == 0
-        frames = [
-            Image.open(PHOTO).convert("RGB").resize((256, 256)),
-            Image.open(OTHER_PHOTO).convert("RGB").resize((256, 256)),
-        ]
+        unrelated = Image.open(OTHER_PHOTO).convert("RGB").resize((256, 256))
+        frames = [unrelated, unrelated, Image.open(PHOTO).convert("RGB").resize((256, 256)), unrelated]
         gif = tmp_path / "known.gif"
         frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100)
         animated = client.predict(handle_file(str(gif)), None, "max", 2, 8, api_name="/moderate_frames")
-        assert animated["decision"] == "block" and animated["match"]["list"] == "block"  # its first frame
+        assert animated["decision"] == "block" and animated["match"]["list"] == "block"  # its third frame
+        clean = tmp_path / "clean.gif"
+        unrelated.save(clean, save_all=True, append_images=[unrelated.rotate(5)], duration=100)
+        plain = client.predict(handle_file(str(clean)), None, "max", 2, 8, api_name="/moderate_frames")
+        assert plain["match"] is None
     finally:
         demo.close()
         desk.close()

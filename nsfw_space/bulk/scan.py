@@ -277,7 +277,7 @@ def scan(
             rows = score_rows(classifier, loaded, threshold, review, batch_size, rule, k)
             for entry, row in zip(loaded, rows, strict=True):
                 if desk is not None and not row["error"]:
-                    known = desk.lists.match(image_hash) if (image_hash := desk.hash_of(entry.data)) else None
+                    known, _ = desk.match(entry.data)
                     row["match"] = known.to_dict() if known is not None else None
                     row["decision"] = known.list if known is not None else row["decision"]
                 summary.add(row)

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from nsfw_space.desk.auth import Moderators
-from nsfw_space.desk.lists import KnownImages
+from nsfw_space.desk.lists import KnownImages, Match
 from nsfw_space.desk.queue import ReviewQueue
 from nsfw_space.desk.store import open_engine, upgrade
 from nsfw_space.errors import InvalidImageError
 from nsfw_space.media.hashing import HASH_SIZE, PdqHash, pdq_hash
-from nsfw_space.media.images import load_image
+from nsfw_space.media.images import load_frames, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class DeskOptions:
     lease_seconds: float = 300.0
     hub_moderators: tuple[str, ...] = ()
     max_pixels: int = 80_000_000
+    frames: int = 8  # frames of an animation or video hashed and matched
 
 
 class Desk:
@@ -64,6 +65,7 @@ class Desk:
                     name.strip() for name in settings.desk_moderators.split(",") if name.strip()
                 ),
                 max_pixels=settings.max_pixels,
+                frames=settings.frames,
             )
         )
 
@@ -77,12 +79,31 @@ class Desk:
             return None
         return pdq_hash(image)
 
+    def hashes_of(self, source: str | bytes | Path) -> list[PdqHash]:
+        """The PDQ hashes of a source's sampled frames (one for a still image; up to ``frames``,
+        evenly spaced, for an animation or a video); [] when it cannot be decoded."""
+        try:
+            frames = load_frames(
+                source,
+                self.options.frames,
+                max_pixels=self.options.max_pixels,
+                draft_size=(HASH_SIZE, HASH_SIZE),
+            )
+        except InvalidImageError:
+            return []
+        return [pdq_hash(frame) for frame in frames]
+
+    def match(self, source: str | bytes | Path) -> tuple[Match | None, PdqHash | None]:
+        """The list match of any sampled frame (see :meth:`KnownImages.match_any`), and the first
+        frame's hash."""
+        hashes = self.hashes_of(source)
+        return self.lists.match_any(hashes), (hashes[0] if hashes else None)
+
     def judge(self, source: str | bytes | Path, result: dict[str, Any]) -> dict[str, Any]:
         """Add ``match`` to a moderation answer (a match decides: block or allow whatever the
         score), then queue it for review when its decision is ``review`` (adding ``review_id``)
         or, for the audited share, when it is ``allow``."""
-        image_hash = self.hash_of(source)
-        match = self.lists.match(image_hash) if image_hash is not None else None
+        match, image_hash = self.match(source)
         result["match"] = match.to_dict() if match is not None else None
         if match is not None:
             result["decision"] = match.list

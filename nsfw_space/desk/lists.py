@@ -161,6 +161,16 @@ class KnownImages:
                 return Match(name, int(distances[nearest]), notes[nearest], hashes[nearest])
         return None
 
+    def match_any(self, hashes: list[PdqHash]) -> Match | None:
+        """The nearest match over several frames' hashes: any block match first (one listed frame
+        blocks a video), then the nearest allow match."""
+        found = [m for m in (self.match(image_hash) for image_hash in hashes) if m is not None]
+        for name in LISTS:
+            candidates = [m for m in found if m.list == name]
+            if candidates:
+                return min(candidates, key=lambda m: m.distance)
+        return None
+
     def _current_index(self) -> dict[str, tuple[np.ndarray, list[str], list[str]]]:
         now = time.monotonic()
         with self._lock:

@@ -162,7 +162,7 @@ class Handlers:
             label, scores, nsfw_score, is_nsfw, threshold, decision, review_threshold, rule, k (as
             applied), frame_scores, frame_times and segments (time ranges, in seconds, whose frames
             score at or above the review threshold, with their peak score); with the moderation desk
-            on, also match (the first frame's) and review_id.
+            on, also match (any sampled frame's) and review_id.
         """
         return self._frames(media, self.applied(threshold), rule, k, frames)
 
