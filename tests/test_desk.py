@@ -418,6 +418,7 @@ def test_a_name_is_locked_after_five_failed_sign_ins_and_unknown_names_cost_the_
 def test_hugging_face_moderators_are_the_named_users_and_organisations_only(tmp_path):
     import gradio as gr
 
+    from nsfw_space.errors import NotSignedInError
     from nsfw_space.space.review import ReviewViews
 
     desk = Desk(DeskOptions(url=f"sqlite:///{tmp_path / 'desk.db'}", hub_moderators=("Alice", "trust-team")))
@@ -436,6 +437,27 @@ def test_hugging_face_moderators_are_the_named_users_and_organisations_only(tmp_
         views.next_item(None, True, None)
     views.block(None, state, False, True, profile("alice"))
     assert desk.status()["moderators"] == {"hf:alice": 1}
+    import huggingface_hub
+
+    asked = []
+
+    def whoami(token):  # the Hub's answer for a member of the allowed organisation
+        asked.append(token)
+        return {"name": "dave", "orgs": [{"name": "Trust-Team"}]}
+
+    original, huggingface_hub.whoami = huggingface_hub.whoami, whoami
+    try:
+        token = gr.OAuthToken(
+            token="hf_oauth_dave", scope="openid profile", expires_at=int(time.time()) + 3600
+        )
+        assert views.moderator(None, profile("dave"), token) == "hf:dave"
+        assert views.moderator(None, profile("dave"), token) == "hf:dave"
+        assert len(asked) == 1  # kept: the second click did not ask the Hub again
+        huggingface_hub.whoami = lambda token: {"name": "eve", "orgs": [{"name": "other-team"}]}
+        with pytest.raises(NotSignedInError):
+            views.moderator(None, profile("eve"), gr.OAuthToken(token="hf_oauth_eve", scope="", expires_at=0))
+    finally:
+        huggingface_hub.whoami = original
     desk.close()
 
 

@@ -17,7 +17,7 @@ from nsfw_space.desk.queue import ReviewQueue
 from nsfw_space.desk.store import open_engine, upgrade
 from nsfw_space.errors import InvalidImageError
 from nsfw_space.media.hashing import HASH_SIZE, PdqHash, pdq_hash
-from nsfw_space.media.images import load_frames, load_image
+from nsfw_space.media.images import load_frames
 
 logger = logging.getLogger(__name__)
 
@@ -71,27 +71,24 @@ class Desk:
 
     # -- on every answer ------------------------------------------------------------------------
     def hash_of(self, source: str | bytes | Path) -> PdqHash | None:
-        """The PDQ hash of a source's first frame (decoded at most 256 px wide), None when it
-        cannot be decoded (the model's own refusal then speaks for it)."""
-        try:
-            image = load_image(source, max_pixels=self.options.max_pixels, draft_size=(HASH_SIZE, HASH_SIZE))
-        except InvalidImageError:
-            return None
-        return pdq_hash(image)
+        """The PDQ hash of a source's first frame, None when it cannot be decoded (the model's own
+        refusal then speaks for it)."""
+        hashes = self._hashes(source, 1)
+        return hashes[0] if hashes else None
 
     def hashes_of(self, source: str | bytes | Path) -> list[PdqHash]:
         """The PDQ hashes of a source's sampled frames (one for a still image; up to ``frames``,
         evenly spaced, for an animation or a video); [] when it cannot be decoded."""
-        try:
-            frames = load_frames(
-                source,
-                self.options.frames,
-                max_pixels=self.options.max_pixels,
-                draft_size=(HASH_SIZE, HASH_SIZE),
+        return self._hashes(source, self.options.frames)
+
+    def _hashes(self, source: str | bytes | Path, frames: int) -> list[PdqHash]:
+        try:  # decoded at most 256 px wide: PDQ works on a 64x64 reduction anyway
+            decoded = load_frames(
+                source, frames, max_pixels=self.options.max_pixels, draft_size=(HASH_SIZE, HASH_SIZE)
             )
         except InvalidImageError:
             return []
-        return [pdq_hash(frame) for frame in frames]
+        return [pdq_hash(frame) for frame in decoded]
 
     def match(self, source: str | bytes | Path) -> tuple[Match | None, PdqHash | None]:
         """The list match of any sampled frame (see :meth:`KnownImages.match_any`), and the first

@@ -5,6 +5,7 @@ optionally putting the image's hash on a list. Anonymous callers are refused wit
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import logging
 import time
@@ -231,17 +232,28 @@ def _is_session(token: Any) -> bool:
     return isinstance(token, str) and bool(token)
 
 
+ORGS_KEPT_S = 300.0
+_orgs_seen: dict[str, tuple[float, list[str]]] = {}  # a token's digest -> (when asked, organisations)
+
+
 def _organisations(hub_token: Any) -> list[str]:
-    """The signed-in user's organisations, asked of the Hub with their OAuth token ([] on failure)."""
+    """The signed-in user's organisations, asked of the Hub with their OAuth token ([] on
+    failure), and kept for 5 minutes so a moderator's every click does not ask again."""
     if hub_token is None:
         return []
+    key = hashlib.sha256(str(hub_token.token).encode()).hexdigest()
+    seen = _orgs_seen.get(key)
+    if seen is not None and time.monotonic() - seen[0] < ORGS_KEPT_S:
+        return seen[1]
     try:
         from huggingface_hub import whoami
 
-        return [str(org.get("name", "")) for org in whoami(hub_token.token).get("orgs", [])]
+        orgs = [str(org.get("name", "")) for org in whoami(hub_token.token).get("orgs", [])]
     except Exception:  # noqa: BLE001 - offline or refused: no organisations, the user list still applies
         logger.warning("Desk: the Hub did not say which organisations this user belongs to.")
         return []
+    _orgs_seen[key] = (time.monotonic(), orgs)
+    return orgs
 
 
 def _lease_of(state: Any) -> tuple[str, str]:
