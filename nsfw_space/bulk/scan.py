@@ -22,6 +22,7 @@ from nsfw_space.bulk.locations import IMAGE_SUFFIXES, VIDEO_SUFFIXES, listing, w
 from nsfw_space.bulk.sources import Inputs, Item, Loaded, items_from, load, units_of
 from nsfw_space.bulk.writers import csv_text, progress_bar, row_cell
 from nsfw_space.desk.desk import Desk
+from nsfw_space.desk.lists import with_match
 from nsfw_space.errors import ConfigError, InvalidImageError
 from nsfw_space.model.classifier import NSFWClassifier
 from nsfw_space.model.prediction import Prediction
@@ -278,8 +279,7 @@ def scan(
             for entry, row in zip(loaded, rows, strict=True):
                 if desk is not None and not row["error"]:
                     known, _ = desk.match(entry.data)
-                    row["match"] = known.to_dict() if known is not None else None
-                    row["decision"] = known.list if known is not None else row["decision"]
+                    with_match(row, known.to_dict() if known is not None else None)
                 summary.add(row)
                 writer.write(row)
                 if explain_to is not None and row.get("decision") in ("block", "review"):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from nsfw_space.desk.auth import Moderators
-from nsfw_space.desk.lists import KnownImages, Match
+from nsfw_space.desk.lists import KnownImages, Match, with_match
 from nsfw_space.desk.queue import ReviewQueue
 from nsfw_space.desk.store import open_engine, upgrade
 from nsfw_space.errors import InvalidImageError
@@ -101,9 +101,8 @@ class Desk:
         score), then queue it for review when its decision is ``review`` (adding ``review_id``)
         or, for the audited share, when it is ``allow``."""
         match, image_hash = self.match(source)
-        result["match"] = match.to_dict() if match is not None else None
+        with_match(result, match.to_dict() if match is not None else None)
         if match is not None:
-            result["decision"] = match.list
             return result
         decision = result.get("decision")
         audited = (

@@ -42,6 +42,14 @@ class Match:
         return {"list": self.list, "distance": self.distance, "note": self.note}
 
 
+def with_match(result: dict[str, Any], match: dict[str, Any] | None) -> dict[str, Any]:
+    """An answer (or scan row) with the desk's ``match`` added: a known image's list is its decision."""
+    result["match"] = match
+    if match is not None:
+        result["decision"] = match["list"]
+    return result
+
+
 def checked_list(name: str) -> str:
     if name not in LISTS:
         raise DeskError(f"The list must be block or allow, not {name!r}.")

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from nsfw_space.bulk.writers import write_batch_csv
+from nsfw_space.desk.lists import with_match
 from nsfw_space.model.policy import Policy, calibrate
 from nsfw_space.model.prediction import Prediction
 from nsfw_space.space.arguments import optional_text, redaction_arguments, threshold_value
@@ -41,13 +42,9 @@ class PageViews(Handlers):
             return verdict_html(None, limit.block), None
         prediction = self.classifier.prediction_from_scores(scores)
         details = prediction.to_dict(limit.block, limit.review)
-        if self.desk is None:
-            return verdict_html(prediction, limit.block, review=limit.review), details
-        details["match"] = match
-        if match is not None:
-            details["decision"] = match["list"]
-            return known_image_html(match), details
-        return verdict_html(prediction, limit.block, review=limit.review), details
+        if self.desk is not None:
+            with_match(details, match)
+        return _known_or(details, verdict_html(prediction, limit.block, review=limit.review)), details
 
     def desk_check(
         self, image: Any, label: Any, threshold: float | None, session_policy: dict[str, Any] | None = None
@@ -58,9 +55,7 @@ class PageViews(Handlers):
         if details is None or image is None:
             return verdict, details, None
         judged = self._judged(self._source(image), details)
-        if judged["match"] is not None:
-            return known_image_html(judged["match"]), judged, judged["match"]
-        return verdict, judged, None
+        return _known_or(judged, verdict), judged, judged["match"]
 
     def url_view(
         self, url: str, threshold: float | None, session_policy: dict[str, Any] | None = None
@@ -73,11 +68,8 @@ class PageViews(Handlers):
         source = self._fetch(url)
         prediction = self._run(source)
         details = self._judged(source, prediction.to_dict(limit.block, limit.review))
-        match = details.get("match")
-        verdict = (
-            known_image_html(match) if match else verdict_html(prediction, limit.block, review=limit.review)
-        )
-        return prediction.scores, verdict, details, match
+        verdict = _known_or(details, verdict_html(prediction, limit.block, review=limit.review))
+        return prediction.scores, verdict, details, details.get("match")
 
     def batch_view(
         self,
@@ -310,6 +302,12 @@ class PageViews(Handlers):
             "review, for this browser session only; other users keep the Space's own policy."
         )
         return candidate, gr.update(value=round(policy.block, 4)), note
+
+
+def _known_or(details: dict[str, Any], verdict: str) -> str:
+    """The known-image verdict when the desk matched ``details``, else ``verdict``."""
+    match = details.get("match")
+    return known_image_html(match) if match else verdict
 
 
 def kept_files(named: list[tuple[str, str | bytes | Any]]) -> list[str | None]:
