@@ -130,5 +130,7 @@ def test_bench_command_prints_the_side_by_side_comparison(model_dir, tmp_path):
     assert float(card.split()[-5]) > 0 and float(ours.split()[-5]) > 0  # images/s of each
     assert float(ours.split()[-2]) <= 0.01  # largest score difference from the card
     assert any(line.startswith("max |diff|") for line in lines)
+    timed = next(line for line in lines if "files to scores" in line)  # names the model it timed
+    assert timed.endswith("vit: 2 layers, hidden size 32, patch 16, 224 px"), timed
     machine = next(line for line in lines if line.startswith("machine: "))  # a figure names its CPU
     assert all(flag in machine for flag in ("cores", "AVX2", "AVX512-BF16", "AVX512-VNNI", "AMX", "torch"))
