@@ -404,12 +404,15 @@ def test_a_name_is_locked_after_five_failed_sign_ins_and_unknown_names_cost_the_
     with pytest.raises(NotSignedInError, match="Too many failed sign-ins"):
         desk.moderators.sign_in("alice", "correct horse")  # even the right password, for a while
     desk.moderators.add("carol", "another long one")
-    timings = {}
-    for name in ("carol", "nobody"):  # a moderator with a wrong password, and a name that is not one
-        started = time.perf_counter()
-        with pytest.raises(NotSignedInError, match="do not match"):
-            desk.moderators.sign_in(name, "wrong password")
-        timings[name] = time.perf_counter() - started
+    timings: dict[str, float] = {}
+    for _ in range(3):  # the fastest of three each: a busy neighbour (CI's other worker) only slows
+        for name in ("carol", "nobody"):  # a moderator with a wrong password, and a name that is not one
+            started = time.perf_counter()
+            with pytest.raises(NotSignedInError, match="do not match"):
+                desk.moderators.sign_in(name, "wrong password")
+            elapsed = time.perf_counter() - started
+            timings[name] = min(timings.get(name, elapsed), elapsed)
+    assert auth.MAX_FAILURES > 3  # carol's three failures did not lock her: each try ran the scrypt
     assert min(timings.values()) > 0.01  # both paid for an scrypt: no quick answer for unknown names
     assert timings["nobody"] > timings["carol"] / 3
     desk.close()
