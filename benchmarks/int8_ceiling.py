@@ -1,0 +1,83 @@
+"""How close the int8 ViT-B/16 runs to this CPU's own int8 matrix-multiply rate.
+
+    python benchmarks/int8_ceiling.py [--workdir DIR] [--seconds 5]
+
+Prints, side by side: the multiply-accumulates per second of ``torch._int_mm`` (int8 x int8 ->
+int32, oneDNN) at the shapes of one ViT-B/16 block for a batch of 16 (197 tokens each), and those
+of the whole int8 forward on a preprocessed batch of 16 (the package ``precision="int8"`` builds
+or finds in the cache; about 17.6 G multiply-accumulates an image, the linear layers 16.7 G of
+them). Their ratio bounds what any int8 recipe can still gain on this CPU while the linear layers
+dominate: the rest of the forward (attention's softmax, LayerNorm, GELU, quantise and dequantise)
+runs in what the multiplies leave.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
+
+TOKENS, HIDDEN, MLP = 197, 768, 3072
+LINEAR_MACS_PER_IMAGE = 12 * TOKENS * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * MLP)  # qkv, out, mlp x12
+ATTENTION_MACS_PER_IMAGE = 12 * 2 * TOKENS * TOKENS * HIDDEN  # q.k and p.v, 12 blocks
+
+
+def int_mm_rate(rows: int, inner: int, cols: int, seconds: float) -> float:
+    """Multiply-accumulates per second of torch._int_mm at (rows x inner) @ (inner x cols)."""
+    import torch
+
+    left = torch.randint(-64, 64, (rows, inner), dtype=torch.int8)
+    right = torch.randint(-64, 64, (inner, cols), dtype=torch.int8)
+    for _ in range(3):
+        torch._int_mm(left, right)
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch._int_mm(left, right)
+        count += 1
+    return count * rows * inner * cols / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=None, help="where the ViT-B/16 is built (kept for reuse)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="time each measurement this long")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import torch
+
+    from nsfw_space import NSFWClassifier
+    from nsfw_space.model.device import cpu_description
+    from nsfw_space.tools.benchmark import ensure_benchmark_model, make_images, model_only_rate
+
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="nsfw-bench-"))
+    model_dir = ensure_benchmark_model(root)
+    rows = 16 * TOKENS
+    shapes = {
+        "qkv": (rows, HIDDEN, 3 * HIDDEN),
+        "mlp up": (rows, HIDDEN, MLP),
+        "mlp down": (rows, MLP, HIDDEN),
+    }
+    rates = {name: int_mm_rate(*shape, args.seconds) for name, shape in shapes.items()}
+    classifier = NSFWClassifier.from_pretrained(model_dir, precision="int8")
+    classifier.wait_until_ready()
+    plan = classifier.precision
+    images = model_only_rate(classifier, make_images(root / "ceiling", 16), 16, args.seconds)
+    macs = images * (LINEAR_MACS_PER_IMAGE + ATTENTION_MACS_PER_IMAGE)
+    best = max(rates.values())
+    print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for name, rate in rates.items():
+        print(f"torch._int_mm, {name:<8} {shapes[name]}: {rate / 1e9:7.0f} G multiply-accumulates/s")
+    print(
+        f"ViT-B/16 forward ({plan}), batch 16: {images:.1f} img/s = {macs / 1e9:.0f} G multiply-accumulates/s, "
+        f"{macs / best:.0%} of the best int_mm rate; all at that rate: {best / macs * images:.1f} img/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
