@@ -66,7 +66,6 @@ def main() -> None:
     rates = {name: int_mm_rate(*shape, args.seconds) for name, shape in shapes.items()}
     classifier = NSFWClassifier.from_pretrained(model_dir, precision="int8")
     classifier.wait_until_ready()
-    plan = classifier.precision
     images = model_only_rate(classifier, make_images(root / "ceiling", 16), 16, args.seconds)
     macs = images * (LINEAR_MACS_PER_IMAGE + ATTENTION_MACS_PER_IMAGE)
     best = max(rates.values())
@@ -74,7 +73,7 @@ def main() -> None:
     for name, rate in rates.items():
         print(f"torch._int_mm, {name:<8} {shapes[name]}: {rate / 1e9:7.0f} G multiply-accumulates/s")
     print(
-        f"ViT-B/16 forward ({plan}), batch 16: {images:.1f} img/s = {macs / 1e9:.0f} G multiply-accumulates/s, "
+        f"ViT-B/16 forward ({classifier.precision}), batch 16: {images:.1f} img/s = {macs / 1e9:.0f} G multiply-accumulates/s, "
         f"{macs / best:.0%} of the best int_mm rate; all at that rate: {best / macs * images:.1f} img/s"
     )
 
