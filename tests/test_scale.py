@@ -97,11 +97,11 @@ def test_a_parquet_table_of_urls_is_fetched_through_the_url_guard(
         assert float(row["nsfw_score"]) == pytest.approx(reference[row["sha256"]]["nsfw_score"], abs=1e-6)
 
 
-def _shard(path, pictures):
+def _shard(path, pictures, suffix=".jpg"):
     with tarfile.open(path, "w") as archive:
         for key, data in pictures:
-            for suffix, body in ((".jpg", data), (".json", b'{"caption": "x"}')):
-                member = tarfile.TarInfo(key + suffix)
+            for ending, body in ((suffix, data), (".json", b'{"caption": "x"}')):
+                member = tarfile.TarInfo(key + ending)
                 member.size = len(body)
                 archive.addfile(member, io.BytesIO(body))
 
@@ -212,9 +212,10 @@ def _same_rows(ray_rows, local_rows):
 
 @pytest.fixture(scope="module")
 def mixed_inputs(pictures, tmp_path_factory):
-    """40 inputs: a folder of the pictures, a GIF and a broken file (12), a Parquet table of their
+    """41 inputs: a folder of the pictures, a GIF and a broken file (12), a Parquet table of their
     bytes (11), a Parquet table of URLs served from 127.0.0.1 (6, one of them broken) and two
-    WebDataset shards (11). For each: the CLI arguments and extra environment."""
+    WebDataset shards of the pictures and the GIF (12). For each: the CLI arguments and extra
+    environment."""
     root = tmp_path_factory.mktemp("mixed")
     folder = root / "folder"
     folder.mkdir()
@@ -229,6 +230,7 @@ def mixed_inputs(pictures, tmp_path_factory):
     shards.mkdir()
     _shard(shards / "a.tar", [(f"s{i}", pictures[i]) for i in range(5)])
     _shard(shards / "b.tar", [(f"s{i}", pictures[i]) for i in range(5, len(pictures))])
+    _shard(shards / "c.tar", [("clip", (folder / "clip.gif").read_bytes())], suffix=".gif")
     server, base = _serve(pictures)
     urls = [f"{base}/{i}.jpg" for i in (0, 3, 6, 8, 9, 10)]
     pq.write_table(pa.table({"url": urls}), root / "urls.parquet")
@@ -330,96 +332,94 @@ def _local_rows(classifier, inputs, extra, env, out):
     return _rows_of(out)
 
 
-@pytest.mark.slow
-def test_the_ray_engine_gives_the_local_engines_rows_for_40_mixed_inputs(
-    mixed_inputs, model_dir, classifier, ray_cluster, tmp_path
-):
-    """Each kind of input through the CLI's Ray engine on the two-node cluster gives the local
-    engine's rows. The folder runs with ``--decode-stage on`` (the default when workers use GPUs):
-    its frames are decoded on a CPU actor and only the model runs in the model actor, and the GIF's
-    frames, the broken file's error and every score still come out as the local engine's; the
-    tables and shards run with the CPU default (decoding inside the model actor)."""
-    total = 0
-    for name, (inputs, extra, env) in mixed_inputs.items():
-        outputs = {"local": _local_rows(classifier, inputs, extra, env, tmp_path / f"{name}-local.jsonl")}
-        out = tmp_path / f"{name}-ray.jsonl"
-        args = ["scan", *inputs, "-m", str(model_dir), *extra, "-o", str(out), "--engine", "ray", "-q"]
-        stage = ["--decode-stage", "on"] if name == "files" else []
-        result = run_cli(*args, "--ray-address", ray_cluster, *stage, env_extra=env)
-        assert result.returncode == 0, result.stderr
-        # Ray's execution plan: the decode stage ran where asked, and only there
-        assert ("MapBatches(_Decoding)" in result.stderr) == bool(stage), (name, result.stderr[-2000:])
-        outputs["ray"] = _rows_of(out)
-        _same_rows(outputs["ray"], outputs["local"])
-        total += len(outputs["ray"])
-        errors = [row for row in outputs["ray"] if row["error"]]
-        assert len(errors) == 1, (name, errors)  # the broken picture: one error row, the job went on
-        if name == "files":
-            gif = next(row for row in outputs["ray"] if row["id"].endswith("clip.gif"))
-            assert gif["nsfw_score"] is not None and not gif["error"]
-    assert total == 40
-
-
-@pytest.mark.slow
-def test_a_two_node_cluster_shares_the_work_and_gives_the_same_rows(
-    mixed_inputs, by_files, model_dir, ray_cluster, tmp_path
-):
+def _ray_rows_in_process(inputs, model_dir, ray_cluster, out):
+    """A folder through the Ray engine from this process (the Python API), two model actors at one
+    picture a batch on the two-node cluster: its rows and the Ray node that scored each."""
     import ray
 
     from nsfw_space import Settings
     from nsfw_space.bulk.ray_engine import RayOptions, scan_with_ray
     from nsfw_space.bulk.scan import plan_scan
 
-    _, local_rows = by_files
-    folder = mixed_inputs["files"][0][0]
+    nodes: list[str] = []
     try:
         ray.init(address=ray_cluster, include_dashboard=False, log_to_driver=False)
-        out = tmp_path / "two-nodes.jsonl"
-        nodes: list[str] = []
-        plan = plan_scan([folder], str(out))
         settings = Settings(model=str(model_dir), precision="fp32")
         options = RayOptions(address=ray_cluster, workers=2)
-        summary = scan_with_ray(settings, plan, options, batch_size=1, progress=False, nodes=nodes)
-        assert summary.files == len(local_rows) + 1  # the GIF too
-        assert len(set(nodes)) == 2  # both nodes scored rows
-        reference = {row["sha256"]: row for row in local_rows}  # the same bytes scanned locally
-        rows = [row for row in _rows_of(out) if not row["id"].endswith("clip.gif")]
-        assert len(rows) == len(local_rows)
-        for row in rows:
-            expected = reference[row["sha256"]]
-            assert row["error"] == expected["error"]
-            if not row["error"]:
-                assert row["nsfw_score"] == pytest.approx(expected["nsfw_score"], abs=1e-4)
+        summary = scan_with_ray(
+            settings, plan_scan(inputs, str(out)), options, batch_size=1, progress=False, nodes=nodes
+        )
     finally:
         ray.shutdown()
+    rows = _rows_of(out)
+    assert summary.files == len(rows) == len(nodes)
+    return rows, nodes
+
+
+@pytest.mark.slow
+def test_the_ray_engine_gives_the_local_engines_rows_for_41_mixed_inputs(
+    mixed_inputs, model_dir, classifier, ray_cluster, tmp_path
+):
+    """Each kind of input through the Ray engine on the two-node cluster gives the local engine's
+    rows. The folder goes through the Python API with two model actors, one picture a batch: both
+    nodes score rows. The tables and shards go through the CLI (``--ray-address``, as a user joins a
+    cluster); the shards run with ``--decode-stage on`` (the default when workers use GPUs): their
+    frames are decoded on a CPU actor and only the model runs in the model actor, and the GIF's
+    frames, the broken file's error and every score still come out as the local engine's; the
+    others decode inside the model actor (the CPU default)."""
+    total = 0
+    for name, (inputs, extra, env) in mixed_inputs.items():
+        outputs = {"local": _local_rows(classifier, inputs, extra, env, tmp_path / f"{name}-local.jsonl")}
+        out = tmp_path / f"{name}-ray.jsonl"
+        if name == "files":
+            outputs["ray"], nodes = _ray_rows_in_process(inputs, model_dir, ray_cluster, out)
+            assert len(set(nodes)) == 2  # both nodes scored rows
+        else:
+            args = ["scan", *inputs, "-m", str(model_dir), *extra, "-o", str(out), "--engine", "ray", "-q"]
+            stage = ["--decode-stage", "on"] if name == "webdataset" else []
+            result = run_cli(*args, "--ray-address", ray_cluster, *stage, env_extra=env)
+            assert result.returncode == 0, result.stderr
+            # Ray's execution plan: the decode stage ran where asked, and only there
+            assert ("MapBatches(_Decoding)" in result.stderr) == bool(stage), (name, result.stderr[-2000:])
+            outputs["ray"] = _rows_of(out)
+        _same_rows(outputs["ray"], outputs["local"])
+        total += len(outputs["ray"])
+        errors = [row for row in outputs["ray"] if row["error"]]
+        assert len(errors) == 1, (name, errors)  # the broken picture: one error row, the job went on
+        if name in ("files", "webdataset"):
+            wanted = "/clip.gif" if name == "files" else ".tar/clip"  # a shard's ids drop the suffix
+            gif = next(row for row in outputs["ray"] if row["id"].endswith(wanted))
+            assert gif["nsfw_score"] is not None and not gif["error"]
+    assert total == 41
 
 
 @pytest.mark.slow
 def test_inputs_in_object_storage_are_read_through_pyarrows_filesystems(
-    pictures, by_files, mixed_inputs, s3, model_dir, ray_cluster, tmp_path
+    pictures, by_files, mixed_inputs, s3, model_dir, classifier, ray_cluster, tmp_path
 ):
     """The same files, table and shards in S3 (moto on 127.0.0.1): both engines read them there
-    and score the same bytes as the local files."""
+    and score the same bytes as the local files. The local engine through the Python API (the
+    CLI's engine), the Ray engine through the CLI; a missing S3 path is the CLI's one line."""
     reference, _ = by_files
     for index, data in enumerate(pictures):
         s3.put_object(Bucket="moderation", Key=f"photos/day-{index % 2}/{index:02d}.jpg", Body=data)
     s3.upload_file(mixed_inputs["parquet"][0][0], "moderation", "tables/t.parquet")
-    for shard in sorted(Path(mixed_inputs["webdataset"][0][0]).glob("*.tar")):
-        s3.upload_file(str(shard), "moderation", f"shards/{shard.name}")
+    for shard in ("a.tar", "b.tar"):  # the pictures' shards
+        s3.upload_file(str(Path(mixed_inputs["webdataset"][0][0]) / shard), "moderation", f"shards/{shard}")
     cases = {
         "files": (["s3://moderation/photos"], []),
         "parquet": (["s3://moderation/tables/t.parquet"], mixed_inputs["parquet"][1]),
         "webdataset": (["s3://moderation/shards"], ["--input-format", "webdataset"]),
     }
     for name, (inputs, extra) in cases.items():
-        for engine in ("local", "ray") if name == "parquet" else ("local",):
-            out = tmp_path / f"{name}-{engine}.jsonl"
-            args = ["scan", *inputs, "-m", str(model_dir), *extra, "-o", str(out), "--engine", engine, "-q"]
-            if engine == "ray":
-                args += ["--ray-address", ray_cluster]
-            result = run_cli(*args)
+        runs = {"local": _local_rows(classifier, inputs, extra, {}, tmp_path / f"{name}-local.jsonl")}
+        if name == "parquet":
+            out = tmp_path / f"{name}-ray.jsonl"
+            args = ["scan", *inputs, "-m", str(model_dir), *extra, "-o", str(out), "--engine", "ray", "-q"]
+            result = run_cli(*args, "--ray-address", ray_cluster)
             assert result.returncode == 0, result.stderr
-            rows = _rows_of(out)
+            runs["ray"] = _rows_of(out)
+        for engine, rows in runs.items():
             assert len(rows) == len(pictures), (name, engine)
             if name == "files":
                 assert rows[0]["id"] == "s3://moderation/photos/day-0/00.jpg"
@@ -427,14 +427,14 @@ def test_inputs_in_object_storage_are_read_through_pyarrows_filesystems(
                 expected = reference[row["sha256"]]
                 assert bool(row["error"]) == bool(expected["error"])
                 if not row["error"]:
-                    assert row["nsfw_score"] == pytest.approx(expected["nsfw_score"], abs=1e-4)
+                    assert float(row["nsfw_score"]) == pytest.approx(expected["nsfw_score"], abs=1e-4)
     missing = run_cli("scan", "s3://moderation/nothing-here", "-m", str(model_dir))
     assert (
         missing.returncode == 2 and "No such file or folder: s3://moderation/nothing-here" in missing.stderr
     )
 
 
-def _start_scan(folder, model_dir, out, *extra):
+def _start_scan(folder, model_dir, out, *extra, batch_size=1):
     import os
     import subprocess
     import sys
@@ -443,7 +443,7 @@ def _start_scan(folder, model_dir, out, *extra):
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "nsfw_space", "scan", str(folder), "-m", str(model_dir), "-o", str(out)]
-    command += ["--engine", "ray", "--batch-size", "1", "-q", *extra]
+    command += ["--engine", "ray", "--batch-size", str(batch_size), "-q", *extra]
     return subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
@@ -502,7 +502,7 @@ def test_a_killed_worker_and_then_a_killed_driver_leave_each_row_once(many_pictu
     driver.wait()
     written = _valid_ids(out)
     assert len(written) == len(set(written)) and 45 <= len(written) < MANY, len(written)
-    again = _start_scan(many_pictures, model_dir, out, "--resume")
+    again = _start_scan(many_pictures, model_dir, out, "--resume", batch_size=16)  # no kill: full batches
     _, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr.decode()[-2000:]
     ids = _valid_ids(out)

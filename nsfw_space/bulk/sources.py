@@ -148,8 +148,8 @@ def load(item: Item) -> Loaded:
 
 # --- where inputs live: this machine, or object storage through pyarrow's filesystems ---------------
 def read_file(path: str, max_bytes: int | None) -> bytes:
-    with open_stream(path) as handle:
-        data = handle.read(-1 if max_bytes is None else max_bytes + 1)
+    with open_stream(path) as handle:  # pyarrow's streams take no -1: read() reads to the end
+        data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
     return _within(data, max_bytes)
 
 
