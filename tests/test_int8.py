@@ -287,6 +287,31 @@ def test_int8_is_a_precision_everywhere_and_cpu_only(monkeypatch):
     assert build_parser().parse_args(["scan", "x", "--precision", "int8"]).precision == "int8"
 
 
+def test_bf16_product_attention_keeps_the_function_and_leaves_the_served_model_alone(classifier, photos):
+    """What the int8 build switches its copy of the model to where the CPU multiplies bf16: the
+    same scores within 0.01 (not bit-equal: the products really run in bf16), the served model's
+    attention untouched; asked for no bf16, the copy keeps its own attention."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    own = classifier.model.config._attn_implementation
+    kept, switched = copy.deepcopy(classifier.model), copy.deepcopy(classifier.model)
+    assert quantize.attention_for_int8(kept, bf16=False) is None and kept.config._attn_implementation == own
+    assert quantize.attention_for_int8(switched, bf16=True) == quantize.BF16_ATTENTION
+    assert classifier.model.config._attn_implementation == own
+    from PIL import Image
+
+    pictures = [Image.open(path).convert("RGB") for path in photos]
+    pixels = torch.from_numpy(np.stack([classifier.preprocess(picture) for picture in pictures]))
+    with torch.inference_mode():
+        expected = torch.softmax(classifier.model(pixel_values=pixels).logits, -1)
+        got = torch.softmax(switched(pixel_values=pixels).logits, -1)
+    difference = float((got - expected).abs().max())
+    assert 0 < difference <= 0.01, difference
+
+
 @pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
 def test_int8_holds_on_a_model_with_outlier_channels(model_dir, tmp_path, photos, classifier):
     """The same function with a few LayerNorm channels 30 times larger in every block (what trained
@@ -301,6 +326,9 @@ def test_int8_holds_on_a_model_with_outlier_channels(model_dir, tmp_path, photos
     assert clf.precision == "int8"
     meta = json.loads(next((tmp_path / "int8").iterdir()).joinpath("meta.json").read_text())
     assert meta["max_difference"] <= 0.01
+    # where the CPU multiplies bf16 in hardware, attention's products ran in bf16 and still held
+    fast_bf16 = device_module.cpu_has_fast_bf16()
+    assert meta["attention"] == (quantize.BF16_ATTENTION if fast_bf16 else "the model's own (fp32)")
     for path in photos:
         assert clf.predict(path).nsfw_score == pytest.approx(same.predict(path).nsfw_score, abs=0.01)
 
