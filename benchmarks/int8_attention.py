@@ -18,7 +18,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
@@ -26,17 +25,6 @@ os.environ.setdefault("TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE", "1")  # kernels
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ATTENTION_KERNELS = ("scaled_dot_product", "bmm", "softmax")
-
-
-def measure(forward, pixels, rounds: int) -> float:
-    import torch
-
-    with torch.inference_mode():
-        forward(pixels)
-        started = time.perf_counter()
-        for _ in range(rounds):
-            forward(pixels)
-    return rounds * len(pixels) / (time.perf_counter() - started)
 
 
 def attention_share(forward, pixels) -> float:
@@ -86,19 +74,23 @@ def main() -> None:
         _, held_out = quantize.held_out_set(clf.preprocess)
         with torch.inference_mode():
             reference = torch.softmax(clf.model(pixel_values=torch.from_numpy(held_out)).logits, -1).numpy()
-        batch = torch.from_numpy(quantize.generated_pixels(clf.preprocess, 16, first_seed=0))
+        batch = quantize.generated_pixels(clf.preprocess, 16, first_seed=0)
         for bf16 in (False, True):
             smoothed = smooth(clf.model, calibration)
-            used = quantize.attention_for_int8(smoothed, bf16=bf16) or "fp32 (the model's own)"
+            used = quantize.attention_for_int8(smoothed, bf16=bf16)
             with tempfile.TemporaryDirectory() as work:
                 path = Path(work) / "model.pt2"
                 quantize._compile_package(Logits(smoothed).eval(), calibration, path)
                 forward = quantize._load(path)
                 with torch.inference_mode():
                     got = torch.softmax(forward(torch.from_numpy(held_out)).float(), -1).numpy()
-                one = measure(forward, batch[:1], args.rounds * 4)
-                sixteen = measure(forward, batch, args.rounds)
-                share = attention_share(forward, batch)
+
+                def run(pixels, forward=forward):  # timed as the build times it
+                    return forward(torch.from_numpy(pixels))
+
+                one = quantize._images_per_second(run, batch[:1], args.rounds * 4)
+                sixteen = quantize._images_per_second(run, batch, args.rounds)
+                share = attention_share(forward, torch.from_numpy(batch))
             difference = float(np.abs(got - reference).max())
             print(
                 f"| {label} | {used} | {one:.1f} | {sixteen:.1f} | {share:.0%} | {difference:.4f} |",

@@ -298,7 +298,8 @@ def test_bf16_product_attention_keeps_the_function_and_leaves_the_served_model_a
 
     own = classifier.model.config._attn_implementation
     kept, switched = copy.deepcopy(classifier.model), copy.deepcopy(classifier.model)
-    assert quantize.attention_for_int8(kept, bf16=False) is None and kept.config._attn_implementation == own
+    assert quantize.attention_for_int8(kept, bf16=False) == quantize.OWN_ATTENTION
+    assert kept.config._attn_implementation == own
     assert quantize.attention_for_int8(switched, bf16=True) == quantize.BF16_ATTENTION
     assert classifier.model.config._attn_implementation == own
     from PIL import Image
@@ -328,7 +329,7 @@ def test_int8_holds_on_a_model_with_outlier_channels(model_dir, tmp_path, photos
     assert meta["max_difference"] <= 0.01
     # where the CPU multiplies bf16 in hardware, attention's products ran in bf16 and still held
     fast_bf16 = device_module.cpu_has_fast_bf16()
-    assert meta["attention"] == (quantize.BF16_ATTENTION if fast_bf16 else "the model's own (fp32)")
+    assert meta["attention"] == (quantize.BF16_ATTENTION if fast_bf16 else quantize.OWN_ATTENTION)
     for path in photos:
         assert clf.predict(path).nsfw_score == pytest.approx(same.predict(path).nsfw_score, abs=0.01)
 

@@ -252,7 +252,7 @@ def build_package(
         "held_out": names,
         "reference": reference.tolist(),
         "max_difference": difference,
-        "attention": attention or "the model's own (fp32)",
+        "attention": attention,
         "build_seconds": round(build_seconds, 1),
         "int8_images_per_s": _images_per_second(lambda batch: forward(torch.from_numpy(batch)), held_out),
         "plain_images_per_s": _images_per_second(plain, held_out),
@@ -262,6 +262,7 @@ def build_package(
 
 
 BF16_ATTENTION = "nsfw_space_bf16_matmuls"
+OWN_ATTENTION = "the model's own (fp32)"
 
 
 def bf16_matmul_attention(
@@ -288,15 +289,14 @@ def bf16_matmul_attention(
     return output.transpose(1, 2).contiguous(), None
 
 
-def attention_for_int8(model: torch.nn.Module, bf16: bool | None = None) -> str | None:
+def attention_for_int8(model: torch.nn.Module, bf16: bool | None = None) -> str:
     """Switch ``model`` (a copy for the build) to bf16-product attention where the CPU multiplies
-    bf16 in hardware (``bf16``: force either way); returns the attention used, or None where the
-    model's own stays (no bf16 units, or a model without transformers' attention switch)."""
-    if not (cpu_has_fast_bf16() if bf16 is None else bf16):
-        return None
+    bf16 in hardware (``bf16``: force either way); returns the attention used: BF16_ATTENTION, or
+    OWN_ATTENTION where the model's own stays (no bf16 units, or a model without transformers'
+    attention switch)."""
     switch = getattr(model, "set_attn_implementation", None)
-    if switch is None:
-        return None
+    if switch is None or not (cpu_has_fast_bf16() if bf16 is None else bf16):
+        return OWN_ATTENTION
     from transformers import AttentionInterface
 
     AttentionInterface.register(BF16_ATTENTION, bf16_matmul_attention)
