@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
+import numpy as np
 import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
@@ -104,6 +106,83 @@ def test_concurrent_api_calls_with_one_bad_file(client, images, tmp_path):
                 job.result(timeout=60)
         else:
             assert {item["label"] for item in job.result(timeout=60)["confidences"]} == {"normal", "nsfw"}
+
+
+def test_model_work_runs_on_one_thread_whoever_calls_and_explanations_on_passing_ones(
+    model_dir, images, monkeypatch
+):
+    """One lasting OpenMP pool per process (nsfw_space.model.torch_thread): loading and every
+    forward run on the torch thread, from the main thread, a pool's threads or the Space's
+    batcher; an explanation runs on a thread that ends with it; errors reach their caller."""
+    from nsfw_space.model import classifier as classifier_module
+    from nsfw_space.model.explain import Explainer
+    from nsfw_space.model.torch_thread import NAME
+
+    seen: dict[str, list[threading.Thread]] = {"load": [], "forward": [], "explain": []}
+
+    def recorded(kind, original):
+        def wrapper(*args, **kwargs):
+            seen[kind].append(threading.current_thread())
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    load = classifier_module.load_model_and_processor
+    monkeypatch.setattr(classifier_module, "load_model_and_processor", recorded("load", load))
+    monkeypatch.setattr(Explainer, "_maps", recorded("explain", Explainer._maps))
+
+    clf = NSFWClassifier.from_pretrained(str(model_dir), device="cpu", precision="fp32")
+    plan = clf._runner.plan  # the served forwards, single and batch, each recording its thread
+    clf._runner.plan = replace(
+        plan, single=recorded("forward", plan.single), batch=recorded("forward", plan.batch)
+    )
+    expected = clf.predict(images[0]).scores  # from the main thread
+    with ThreadPoolExecutor(3) as pool:
+        from_pool = list(pool.map(lambda path: clf.predict(path).scores, images[:3]))
+    batched = DynamicBatcher(clf, 4).predict(str(images[0])).scores
+    clf.predict_batch(images[:4])
+    explanation = clf.explain(images[1])
+
+    assert [thread.name for thread in seen["load"]] == [NAME]
+    assert len(seen["forward"]) >= 6 and {thread.name for thread in seen["forward"]} == {NAME}
+    assert len({id(thread) for thread in seen["forward"] + seen["load"]}) == 1  # one thread
+    assert from_pool[0] == expected and batched == expected
+    assert explanation.heatmap.shape and seen["explain"][0].name.startswith(NAME + "-passing")
+    seen["explain"][0].join(timeout=5)
+    assert not seen["explain"][0].is_alive()  # its OpenMP pool went with it
+    with pytest.raises(RuntimeError):  # the wrong shape, raised in the caller's thread
+        clf.probabilities(np.zeros((1, 3, 7, 7), dtype=np.float32))
+    assert clf.predict(images[0]).scores == expected  # and the torch thread serves on
+
+
+def test_a_client_given_one_tls_context_gets_the_same_answers_and_loads_no_certificates_per_call(
+    client, app_url, images, monkeypatch
+):
+    """docs/api.md's faster client: the same answers, and no CA bundle read per request (each read
+    is about 20 ms of CPU on the 2-core EPYC of docs/speed.md, three per /classify call)."""
+    import ssl
+
+    from gradio_client import Client
+
+    from nsfw_space.media.fetch import shared_tls_context
+
+    loads = []
+    original = ssl.SSLContext.load_verify_locations
+
+    def counted(self, *args, **kwargs):
+        loads.append(args or kwargs)
+        return original(self, *args, **kwargs)
+
+    shared = Client(app_url, verbose=False, ssl_verify=shared_tls_context())
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    expected = client.predict(handle_file(str(images[0])), api_name="/classify")
+    per_call = len(loads)
+    loads.clear()
+    got = [shared.predict(handle_file(str(path)), api_name="/classify") for path in images[:3]]
+    assert per_call >= 2  # the client as it comes: at least the upload's and the call's
+    assert loads == []
+    assert got[0] == expected
+    assert all({item["label"] for item in answer["confidences"]} == {"normal", "nsfw"} for answer in got)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -25,6 +26,7 @@ from nsfw_space.model.pipeline import iter_predictions
 from nsfw_space.model.prediction import Prediction, source_name
 from nsfw_space.model.preprocess import Decoded, Decoder, Preprocessor
 from nsfw_space.model.runner import Runner, prepared_model
+from nsfw_space.model.torch_thread import for_device
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +54,11 @@ class NSFWClassifier:
     ) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
-        self._runner = Runner(prepared_model(model, self.device, dtype, copy_first=not _owned))
+        # copies and conversions in the one OpenMP pool (torch_thread)
+        prepared = for_device(
+            self.device, lambda: prepared_model(model, self.device, dtype, copy_first=not _owned)
+        )
+        self._runner = Runner(prepared)
         self.processor = processor
         self.name = name or getattr(model.config, "_name_or_path", "") or "model"
         self.limits = limits or DecodeLimits(max_pixels=max_pixels, max_bytes=max_bytes)
@@ -107,6 +113,43 @@ class NSFWClassifier:
         package cached yet, ``int8_build`` says whether one is built ``aside`` (in a child process
         while this classifier serves), ``now`` (before returning) or ``never``."""
         target = resolve_device(device)
+        load = functools.partial(
+            cls._from_pretrained,
+            model,
+            target,
+            revision=revision,
+            precision=precision,
+            nsfw_labels=nsfw_labels,
+            max_pixels=max_pixels,
+            max_bytes=max_bytes,
+            frames=frames,
+            optimize=optimize,
+            limits=limits,
+            cache_dir=cache_dir,
+            int8_build=int8_build,
+            int8_retry=int8_retry,
+        )
+        # loading, optimising and checking a cached int8 package all use the one OpenMP pool
+        return for_device(target, load)
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        model: str,
+        target: torch.device,
+        *,
+        revision: str | None,
+        precision: str,
+        nsfw_labels: Sequence[str] | None,
+        max_pixels: int,
+        max_bytes: int | None,
+        frames: int,
+        optimize: str,
+        limits: DecodeLimits | None,
+        cache_dir: str | None,
+        int8_build: str,
+        int8_retry: bool,
+    ) -> NSFWClassifier:
         dtype = resolve_precision(precision, target)
         int8 = int8_choice(precision, target, optimize)
         network, processor = load_model_and_processor(model, revision=revision, dtype=dtype)

@@ -30,6 +30,7 @@ from nsfw_space.config import DEFAULT_HEAT_LEVEL
 from nsfw_space.errors import ExplainError
 from nsfw_space.media import heat
 from nsfw_space.model.prediction import Prediction
+from nsfw_space.model.torch_thread import on_passing_thread
 
 METHODS = {  # the name callers use -> torchcam's class
     "gradcam": "GradCAM",
@@ -169,6 +170,12 @@ class Explainer:
     def maps(self, pixels: np.ndarray, method: str | None = None) -> np.ndarray:
         """Preprocessed images (N, 3, H, W) -> maps (N, rows, columns) in [0, 1]."""
         method = _checked(method or self.method)
+        first = next(self._source.parameters(), None)
+        if first is None or first.device.type == "cpu":  # one lasting OpenMP pool (torch_thread)
+            return on_passing_thread(self._maps, pixels, method)
+        return self._maps(pixels, method)
+
+    def _maps(self, pixels: np.ndarray, method: str) -> np.ndarray:
         import torchcam.methods as cams
 
         with self._lock:

@@ -14,6 +14,7 @@ import torch
 
 from nsfw_space.model import builds, quantize
 from nsfw_space.model.runner import ForwardPlan, Runner
+from nsfw_space.model.torch_thread import on_torch_thread
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def use_int8(
         return reason
     folder = package_folder(classifier, cache_dir)
     builds.sweep(folder.parent)
-    package = quantize.load_package(folder, classifier.preprocess)
+    package = on_torch_thread(quantize.load_package, folder, classifier.preprocess)
     if package is not None:
         return adopt(classifier, package, when)
     earlier = builds.refusal(folder)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from nsfw_space.model.optimize import build_forward, eager_forward, resolve_mode
+from nsfw_space.model.torch_thread import for_device
 
 logger = logging.getLogger(__name__)
 
@@ -67,19 +68,23 @@ class Runner:
         batch_size: int,
     ) -> str:
         """Build and swap in the plan of optimisation ``mode``; returns the mode in use."""
-        wanted = resolve_mode(mode, device)
-        height, width = input_size
-        rows = 1 if wanted == "jit" else batch_size
-        probe = torch.randn(rows, 3, height, width, generator=torch.Generator().manual_seed(0))
-        forward, used = build_forward(self.model, wanted, probe.to(device, dtype))
-        eager = eager_forward(self.model)
-        self.plan = ForwardPlan(
-            single=forward if used == "jit" else eager,
-            batch=forward if used == "compile" else eager,
-            pad_to=batch_size if used == "compile" else 0,
-            name=used,
-        )
-        return used
+
+        def build() -> str:
+            wanted = resolve_mode(mode, device)
+            height, width = input_size
+            rows = 1 if wanted == "jit" else batch_size
+            probe = torch.randn(rows, 3, height, width, generator=torch.Generator().manual_seed(0))
+            forward, used = build_forward(self.model, wanted, probe.to(device, dtype))
+            eager = eager_forward(self.model)
+            self.plan = ForwardPlan(
+                single=forward if used == "jit" else eager,
+                batch=forward if used == "compile" else eager,
+                pad_to=batch_size if used == "compile" else 0,
+                name=used,
+            )
+            return used
+
+        return for_device(device, build)
 
     def probabilities(self, pixels: np.ndarray, device: torch.device, dtype: torch.dtype) -> np.ndarray:
         """A batch of preprocessed images (N, 3, H, W) -> label probabilities (N, labels), all
@@ -107,10 +112,13 @@ class Runner:
         device: torch.device,
         dtype: torch.dtype,
     ) -> np.ndarray:
-        tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(device, dtype)
-        with self.lock, torch.inference_mode():
-            logits = forward(tensor)
-        return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        def run() -> np.ndarray:  # on the torch thread for the CPU: one OpenMP pool (torch_thread)
+            tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(device, dtype)
+            with self.lock, torch.inference_mode():
+                logits = forward(tensor)
+            return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+        return for_device(device, run)
 
     def wait_for_builds(self, timeout: float | None = None) -> bool:
         """Wait for builds started with :meth:`build_aside`; True when none is still running."""
