@@ -182,7 +182,7 @@ def main() -> None:
         build_seconds = time.monotonic() - ready
         outcome = (
             " / ".join(
-                line.strip()[-120:]
+                line.split(" INFO ", 1)[-1].strip()  # the logger and its message, without the time
                 for line in lines
                 if any(mark in line for mark in BUILD_ENDED + BROWSER_ENDED)
             )
@@ -207,7 +207,7 @@ def main() -> None:
     plain_precision, baseline = same_plan_without_build(args)
 
     print(f"private mode: {args.private_mode}; precision: {args.precision}")
-    print(f"build outcome: {outcome[-300:]}")
+    print(f"build outcome: {outcome}")
     print(
         f"build took {build_seconds:.0f} s after the app answered (callers during its first {loaded_seconds:.0f} s)"
     )
