@@ -5,10 +5,11 @@ thread that starts parallel work, for as long as that thread lives. Once two lon
 have one (the main thread that loaded the model, and a server's worker that runs it), the process
 manages more OpenMP threads than the CPU has cores, and libgomp stops spinning between parallel
 regions: each of the hundreds of regions of a forward pass then waits for sleeping threads to
-wake. On the 2-core EPYC of docs/speed.md, ViT-B/16 in int8 took 33 to 36 ms an image on the
-thread that loaded it and 48 to 69 ms on another thread of the same process, batches of 16 10 to
-35 % longer (``python benchmarks/torch_thread.py``). So loading, every forward pass and every
-explanation of a CPU classifier run here, on one thread, and there is one OpenMP pool.
+wake. On the 2-core EPYC of docs/speed.md a parallel region took 79 to 86 us instead of 12 to 13,
+and ViT-B/16 in int8 58 to 61 ms an image instead of 36 to 43 (``python
+benchmarks/torch_thread.py``). So a CPU classifier loads and runs every forward pass here, on one
+thread (:func:`on_torch_thread`); explanations, which predictions never wait for, run on a thread
+that ends with them, and its pool with it (:func:`on_passing_thread`).
 """
 
 from __future__ import annotations
