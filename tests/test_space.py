@@ -191,3 +191,41 @@ def test_the_idle_queue_does_not_poll_every_millisecond(classifier):
 
     demo = create_demo(classifier)
     assert demo._queue.sleep_when_free == QUEUE_POLL_S == 0.01
+
+
+def test_plain_http_calls_leave_no_sessions_behind_and_a_pages_state_stays(classifier, images, gradio_tmp):
+    """Each call over the plain HTTP API comes with a new session, which Gradio keeps (about
+    190 KB each, up to 10,000); the sweeper drops those that hold no gr.State value once idle."""
+    import threading
+
+    import gradio as gr
+
+    from nsfw_space import Settings
+    from nsfw_space.space.demo import create_demo, launch_options
+    from nsfw_space.space.sessions import drop_idle_stateless_sessions
+    from tests.helpers import call_with_file, upload
+
+    settings = Settings(private_mode=False)
+    demo = create_demo(classifier, settings)
+    assert any(thread.name == "nsfw-session-sweeper" for thread in threading.enumerate())
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **launch_options(settings)
+    )
+    try:
+        holder = demo.state_holder
+        before = len(holder.session_data)
+        answers = [call_with_file(url, "classify", upload(url, images[i])) for i in range(4)]
+        assert [event for event, _ in answers] == ["complete"] * 4
+        assert len(holder.session_data) == before + 4  # one session per plain call
+        state_id = next(key for key, block in demo.blocks.items() if isinstance(block, gr.State))
+        page = holder["a-page"]  # what a page's session holds: a gr.State value (its session policy)
+        page[state_id] = {"block": 0.7}
+
+        assert drop_idle_stateless_sessions(demo) == 0  # nothing idle for 10 minutes yet
+        assert drop_idle_stateless_sessions(demo, idle_seconds=0) == before + 4
+        assert list(holder.session_data) == ["a-page"]
+        assert holder["a-page"].state_data[state_id] == {"block": 0.7}
+        event, label = call_with_file(url, "classify", upload(url, images[0]))  # and calls go on
+        assert event == "complete" and label == answers[0][1]
+    finally:
+        demo.close()

@@ -26,6 +26,7 @@ from nsfw_space.space.bodylimit import BodyLimit, body_limit_for
 from nsfw_space.space.payloads import plain_file_schema
 from nsfw_space.space.render import footer_markdown, intro_markdown, verdict_html
 from nsfw_space.space.review import on_a_space, review_tab
+from nsfw_space.space.sessions import start_session_sweeper
 from nsfw_space.space.views import PageViews
 from nsfw_space.web.building import BrowserModel
 from nsfw_space.web.serve import page_status, private_app
@@ -92,6 +93,7 @@ def create_demo(
         _describe_plainly(component)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     _calm_the_queue(demo)
+    start_session_sweeper(demo)  # plain HTTP calls leave a session each (see sessions.py)
     if desk is not None:
         desk.start_purging()  # images past their retention: deleted now, then hourly
     if browser is not None:
