@@ -158,13 +158,12 @@ def test_model_work_runs_on_one_thread_whoever_calls_and_explanations_on_passing
 def test_a_client_given_one_tls_context_gets_the_same_answers_and_loads_no_certificates_per_call(
     client, app_url, images, monkeypatch
 ):
-    """docs/api.md's faster client: the same answers, and no CA bundle read per request (each read
-    is about 20 ms of CPU on the 2-core EPYC of docs/speed.md, three per /classify call)."""
+    """docs/api.md's faster client, as written there: the same answers, and no CA bundle read per
+    request (each read 22 to 32 ms of CPU on the 2-core EPYC of docs/speed.md, three per call)."""
     import ssl
 
+    import httpx
     from gradio_client import Client
-
-    from nsfw_space.media.fetch import shared_tls_context
 
     loads = []
     original = ssl.SSLContext.load_verify_locations
@@ -173,7 +172,7 @@ def test_a_client_given_one_tls_context_gets_the_same_answers_and_loads_no_certi
         loads.append(args or kwargs)
         return original(self, *args, **kwargs)
 
-    shared = Client(app_url, verbose=False, ssl_verify=shared_tls_context())
+    shared = Client(app_url, verbose=False, ssl_verify=httpx.create_ssl_context())
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
     expected = client.predict(handle_file(str(images[0])), api_name="/classify")
     per_call = len(loads)
