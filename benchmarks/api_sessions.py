@@ -48,18 +48,14 @@ def serve(model_dir: str, sweep_seconds: float | None, urls, counts) -> None:
         time.sleep(1)
 
 
-def resident_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def run_case(model_dir: str, sweep_seconds: float | None, calls: int, image: str) -> tuple[list[float], int]:
     import httpx
 
+    from nsfw_space.media.budgets import process_rss_mb
     from nsfw_space.tools.benchmark import plain_http_classify
+
+    def resident_mb() -> float:
+        return process_rss_mb(server.pid) or 0.0
 
     spawn = multiprocessing.get_context("spawn")
     urls, counts = spawn.Queue(), spawn.Queue()
@@ -69,11 +65,11 @@ def run_case(model_dir: str, sweep_seconds: float | None, calls: int, image: str
         client = httpx.Client(base_url=urls.get(timeout=300), timeout=60)
         for _ in range(50):
             plain_http_classify(client, image)
-        base, growth = resident_mb(server.pid), []
+        base, growth = resident_mb(), []
         for done in range(1, calls + 1):
             plain_http_classify(client, image)
             if done % 500 == 0:
-                growth.append(resident_mb(server.pid) - base)
+                growth.append(resident_mb() - base)
         time.sleep(2 * (sweep_seconds or 0) + 1.5)  # a last sweep, then the latest count
         held = None
         while not counts.empty() or held is None:

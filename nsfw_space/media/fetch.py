@@ -28,8 +28,8 @@ def shared_tls_context():
 
     httpx builds a new one for each client, even for an http:// URL, and reading the CA bundle
     takes about 20 ms of CPU (measured on the 2-core EPYC of docs/speed.md), which here was
-    the whole cost of fetching a 1024x768 JPEG from a local server. ``gradio_client.Client(url,
-    ssl_verify=shared_tls_context())`` saves the same on each of its requests (docs/api.md)."""
+    the whole cost of fetching a 1024x768 JPEG from a local server (docs/api.md shows callers
+    the same for gradio_client)."""
     import httpx
 
     return httpx.create_ssl_context(trust_env=False)

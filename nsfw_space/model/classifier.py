@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -113,75 +112,43 @@ class NSFWClassifier:
         package cached yet, ``int8_build`` says whether one is built ``aside`` (in a child process
         while this classifier serves), ``now`` (before returning) or ``never``."""
         target = resolve_device(device)
-        load = functools.partial(
-            cls._from_pretrained,
-            model,
-            target,
-            revision=revision,
-            precision=precision,
-            nsfw_labels=nsfw_labels,
-            max_pixels=max_pixels,
-            max_bytes=max_bytes,
-            frames=frames,
-            optimize=optimize,
-            limits=limits,
-            cache_dir=cache_dir,
-            int8_build=int8_build,
-            int8_retry=int8_retry,
-        )
+
+        def load() -> NSFWClassifier:
+            dtype = resolve_precision(precision, target)
+            int8 = int8_choice(precision, target, optimize)
+            network, processor = load_model_and_processor(model, revision=revision, dtype=dtype)
+            logger.info("loaded %s on %s in %s", model, target, str(dtype).replace("torch.", ""))
+            classifier = cls(
+                network,
+                processor,
+                device=target,
+                dtype=dtype,
+                nsfw_labels=nsfw_labels,
+                max_pixels=max_pixels,
+                max_bytes=max_bytes,
+                frames=frames,
+                name=model,
+                limits=limits,
+                _owned=True,
+            )
+            if not int8:
+                classifier.optimize(optimize)
+                return classifier
+            # A package cached for this model and CPU is used at once; else the plain forward is
+            # optimised as usual and serves while the int8 one is built in a child process.
+            cached = classifier.use_int8(int8, cache_dir=cache_dir, build="never", retry=int8_retry)
+            if cached != "int8":
+                classifier.optimize(optimize)
+            if cached == "not built" and int8_build == "never":
+                logger.info("no int8 package cached for this model and CPU: serving %s", classifier.precision)
+            elif cached == "not built":
+                classifier.use_int8(
+                    int8, cache_dir=cache_dir, source=(model, revision), build=int8_build, retry=int8_retry
+                )
+            return classifier
+
         # loading, optimising and checking a cached int8 package all use the one OpenMP pool
         return for_device(target, load)
-
-    @classmethod
-    def _from_pretrained(
-        cls,
-        model: str,
-        target: torch.device,
-        *,
-        revision: str | None,
-        precision: str,
-        nsfw_labels: Sequence[str] | None,
-        max_pixels: int,
-        max_bytes: int | None,
-        frames: int,
-        optimize: str,
-        limits: DecodeLimits | None,
-        cache_dir: str | None,
-        int8_build: str,
-        int8_retry: bool,
-    ) -> NSFWClassifier:
-        dtype = resolve_precision(precision, target)
-        int8 = int8_choice(precision, target, optimize)
-        network, processor = load_model_and_processor(model, revision=revision, dtype=dtype)
-        logger.info("loaded %s on %s in %s", model, target, str(dtype).replace("torch.", ""))
-        classifier = cls(
-            network,
-            processor,
-            device=target,
-            dtype=dtype,
-            nsfw_labels=nsfw_labels,
-            max_pixels=max_pixels,
-            max_bytes=max_bytes,
-            frames=frames,
-            name=model,
-            limits=limits,
-            _owned=True,
-        )
-        if not int8:
-            classifier.optimize(optimize)
-            return classifier
-        # A package cached for this model and CPU is used at once; else the plain forward is
-        # optimised as usual and serves while the int8 one is built in a child process.
-        cached = classifier.use_int8(int8, cache_dir=cache_dir, build="never", retry=int8_retry)
-        if cached != "int8":
-            classifier.optimize(optimize)
-        if cached == "not built" and int8_build == "never":
-            logger.info("no int8 package cached for this model and CPU: serving %s", classifier.precision)
-        elif cached == "not built":
-            classifier.use_int8(
-                int8, cache_dir=cache_dir, source=(model, revision), build=int8_build, retry=int8_retry
-            )
-        return classifier
 
     @classmethod
     def from_settings(cls, settings: Settings, *, job: bool = False) -> NSFWClassifier:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nsfw_space.media.budgets import process_rss_mb
-from nsfw_space.media.fetch import shared_tls_context
 from nsfw_space.model.classifier import NSFWClassifier
 from nsfw_space.model.device import cpu_description, cpu_has_fast_bf16
 from nsfw_space.model.torch_thread import on_torch_thread
@@ -286,7 +285,7 @@ def run_api_benchmark(
     """p50/p95 of ``/classify``: a bare gr.Interface around the card's pipeline, a no-op
     gr.Interface with the same image input (what Gradio and its client cost alone) and this Space,
     same model, same 1024x768 JPEG, calls alternating; through ``gradio_client`` as it comes,
-    through ``gradio_client`` given one TLS context for all its requests (``shared_tls_context``),
+    through ``gradio_client`` given one TLS context for all its requests (docs/api.md),
     and through the plain HTTP API (upload, call, read the event stream, as curl would).
 
     Each server runs in a child process of its own, as a Space would; the clients run here.
@@ -313,7 +312,7 @@ def run_api_benchmark(
                 raise RuntimeError(f"benchmark server {name!r} did not start: {url}")
             found[name] = url
         clients = {name: Client(url, verbose=False) for name, url in found.items()}
-        context = shared_tls_context()
+        context = httpx.create_ssl_context()  # built once, as docs/api.md shows callers
         shared = {name: Client(url, verbose=False, ssl_verify=context) for name, url in found.items()}
         plain = {name: httpx.Client(base_url=url, timeout=60) for name, url in found.items()}
         calls_by_kind = {
