@@ -334,6 +334,46 @@ def test_int8_holds_on_a_model_with_outlier_channels(model_dir, tmp_path, photos
         assert clf.predict(path).nsfw_score == pytest.approx(same.predict(path).nsfw_score, abs=0.01)
 
 
+@pytest.mark.slow  # one more int8 build, in a process of its own
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64", reason="x86 ISA limits")
+def test_int8_holds_on_outlier_channels_with_an_avx2_only_cpus_arithmetic(model_dir, tmp_path, photos):
+    """With oneDNN and ATen limited to AVX2 (what an AVX2-only CPU runs on any newer x86 CPU,
+    the 16-bit sums that saturate included), the outlier model's int8 is built with 7-bit
+    activations and fp32 attention, and accepted: within 0.01 of fp32 on photographs."""
+    outliers = with_outlier_channels(model_dir, tmp_path / "outliers")
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        from pathlib import Path
+        from nsfw_space import NSFWClassifier
+        from nsfw_space.model import quantize
+        model, photos = {str(outliers)!r}, {[str(path) for path in photos]!r}
+        fp32 = NSFWClassifier.from_pretrained(model, device="cpu", precision="fp32", optimize="none")
+        int8 = NSFWClassifier.from_pretrained(
+            model, device="cpu", precision="int8", cache_dir={str(tmp_path)!r}, int8_build="now"
+        )
+        metas = list(Path({str(tmp_path)!r}).glob("int8/*/meta.json"))
+        meta = json.loads(metas[0].read_text()) if len(metas) == 1 else {{}}
+        json.dump({{
+            "precision": int8.precision, "bits": meta.get("activation_bits"), "attention": meta.get("attention"),
+            "difference": meta.get("max_difference"), "seven_bits": quantize.needs_reduced_range(),
+            "scores": [[fp32.predict(p).nsfw_score, int8.predict(p).nsfw_score] for p in photos],
+        }}, sys.stdout)
+        """
+    )
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", ATEN_CPU_CAPABILITY="avx2", OMP_NUM_THREADS="2")
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout)
+    assert outcome["seven_bits"] and outcome["precision"] == "int8", (outcome, done.stderr[-3000:])
+    assert outcome["bits"] == 7 and outcome["attention"] == quantize.OWN_ATTENTION
+    assert outcome["difference"] <= 0.01
+    for plain, quantised in outcome["scores"]:
+        assert quantised == pytest.approx(plain, abs=0.01)
+
+
 def test_a_short_command_starts_no_build_and_exits_cleanly(model_dir, tmp_path, photos):
     """scan with precision auto on an empty cache: no build started (nothing in the cache, no
     child left), the rows written, exit 0 within seconds."""

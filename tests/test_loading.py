@@ -97,3 +97,48 @@ def test_the_cpu_is_described_with_the_flags_that_decide_speed():
     text = device.cpu_description({"avx2", "avx512_vnni"})
     assert text.startswith(device.cpu_model())
     assert "AVX2 yes, AVX512-BF16 no, AVX512-VNNI yes, AMX no" in text
+
+
+def test_an_isa_limit_in_the_environment_is_what_the_int8_and_bf16_choices_see(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA keeps oneDNN (int8 and bf16 products) off newer instructions: the choices
+    made from the flags (7-bit activations, bf16) and the figures' CPU line follow it; ATen's limit
+    enters the int8 cache key, since the package's own kernels are written for that width."""
+    from nsfw_space.model import device, quantize
+
+    zen5 = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16"}
+    monkeypatch.setattr(device, "reported_cpu_flags", lambda: set(zen5))
+    monkeypatch.setattr(quantize, "cpu_flags", device.cpu_flags)
+    monkeypatch.delenv(device.ONEDNN_LIMIT, raising=False)
+    for limit in (device.ATEN_LIMIT, device.MKL_LIMIT):
+        monkeypatch.delenv(limit, raising=False)
+    device.cpu_has_fast_bf16.cache_clear()
+    assert device.cpu_flags() == zen5 and not quantize.needs_reduced_range()
+    for limit, left in {
+        "AVX2": {"avx2"},
+        "avx2_vnni": {"avx2", "avx_vnni"},
+        "AVX512_CORE": {"avx2", "avx512f"},
+        "AVX512_CORE_VNNI": {"avx2", "avx512f", "avx512_vnni"},
+        "AVX512_CORE_BF16": {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"},
+        "AVX512_CORE_AMX": zen5,
+        "DEFAULT": zen5,
+    }.items():
+        monkeypatch.setenv(device.ONEDNN_LIMIT, limit)
+        device.cpu_has_fast_bf16.cache_clear()
+        assert device.cpu_flags() == left, limit
+        assert quantize.needs_reduced_range() == (limit in ("AVX2", "AVX512_CORE")), limit
+        assert device.cpu_has_fast_bf16() == ("avx512_bf16" in left), limit
+    monkeypatch.setenv(device.ONEDNN_LIMIT, "AVX2")
+    monkeypatch.setenv(device.ATEN_LIMIT, "avx2")
+    assert device.cpu_description().endswith(
+        "AVX2 yes, AVX512-BF16 no, AVX512-VNNI no, AMX no (limited by ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)"
+    )
+    parts = []
+    monkeypatch.setattr(quantize, "cache_key", lambda name, given: parts.append(given) or name)
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    quantize.package_key(model, "m")
+    monkeypatch.delenv(device.ATEN_LIMIT)
+    quantize.package_key(model, "m")
+    assert parts[0][:-1] == parts[1] and parts[0][-1] == "ATEN_CPU_CAPABILITY=avx2"
+    device.cpu_has_fast_bf16.cache_clear()

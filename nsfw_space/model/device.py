@@ -35,7 +35,7 @@ def resolve_device(requested: str = "auto") -> torch.device:
     return device
 
 
-def cpu_flags() -> set[str]:
+def reported_cpu_flags() -> set[str]:
     """The CPU feature flags Linux reports (empty elsewhere)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as handle:
@@ -45,6 +45,38 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+ONEDNN_LIMIT = "ONEDNN_MAX_CPU_ISA"  # oneDNN's own setting: the newest instructions its kernels may use
+ATEN_LIMIT = "ATEN_CPU_CAPABILITY"  # torch's: the vector width of ATen's and Inductor's own kernels
+MKL_LIMIT = "MKL_ENABLE_INSTRUCTIONS"  # MKL's: the fp32 products' instructions (speed only)
+# the flag families (name prefixes) a oneDNN limit puts out of reach; a limit not named here
+# (DEFAULT, the AMX and AVX10.2 levels, a misspelling oneDNN ignores) leaves every flag usable
+_BEYOND = {
+    **dict.fromkeys(("sse41", "avx"), ("avx2", "avx512", "avx_vnni", "amx")),
+    "avx2": ("avx512", "avx_vnni", "amx"),
+    **dict.fromkeys(("avx2_vnni", "avx2_vnni_2"), ("avx512", "amx")),
+    "avx512_core": ("avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx"),
+    "avx512_core_vnni": ("avx512_bf16", "avx512_fp16", "avx_vnni", "amx"),
+    "avx512_core_bf16": ("avx512_fp16", "avx_vnni", "amx"),
+    **dict.fromkeys(("avx512_core_fp16", "avx10_1_512"), ("amx",)),
+}
+
+
+def isa_limits() -> dict[str, str]:
+    """The ISA limits set in the environment (oneDNN's, ATen's and MKL's), by setting name."""
+    names = (ONEDNN_LIMIT, ATEN_LIMIT, MKL_LIMIT)
+    return {name: os.environ[name].strip() for name in names if os.environ.get(name, "").strip()}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags the matrix products may use: those Linux reports, less those that
+    ``ONEDNN_MAX_CPU_ISA`` puts out of oneDNN's reach (it runs the int8 and bf16 products, so it
+    decides whether int8 dot products and bf16 are there). ``ONEDNN_MAX_CPU_ISA=AVX2`` on any
+    newer x86 CPU gives an AVX2-only CPU's int8 arithmetic, saturation included."""
+    flags = reported_cpu_flags()
+    beyond = _BEYOND.get(os.environ.get(ONEDNN_LIMIT, "").strip().lower(), ())
+    return {flag for flag in flags if not flag.startswith(beyond)} if beyond else flags
 
 
 ISA_FLAGS = {"AVX2": "avx2", "AVX512-BF16": "avx512_bf16", "AVX512-VNNI": "avx512_vnni", "AMX": "amx_tile"}
@@ -69,12 +101,15 @@ def cpu_description(flags: set[str] | None = None) -> str:
     figure needs beside it."""
     flags = cpu_flags() if flags is None else flags
     isa = ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in ISA_FLAGS.items())
-    return f"{cpu_model()}, {os.cpu_count()} cores; {isa}"
+    limits = ", ".join(f"{name}={value}" for name, value in isa_limits().items())
+    return f"{cpu_model()}, {os.cpu_count()} cores; {isa}" + (f" (limited by {limits})" if limits else "")
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU multiplies bf16 in hardware (AMX-BF16 or AVX512-BF16)."""
+    """True when the CPU multiplies bf16 in hardware (AMX-BF16 or AVX512-BF16) and oneDNN may use it."""
+    if os.environ.get(ONEDNN_LIMIT, "").strip():  # torch's probes see the hardware, not the limit
+        return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     for probe in probes:
         check = getattr(torch.cpu, probe, None)  # torch's own (private) capability probes

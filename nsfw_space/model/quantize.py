@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from nsfw_space.media.samples import example_photos, varied_image
-from nsfw_space.model.device import cpu_flags, cpu_has_fast_bf16
+from nsfw_space.model.device import ATEN_LIMIT, cpu_flags, cpu_has_fast_bf16
 from nsfw_space.model.optimize import TOLERANCE, Forward, Logits
 from nsfw_space.model.smoothing import smooth
 
@@ -105,7 +105,8 @@ def cache_key(name: str, parts: list[str]) -> str:
 
 
 def package_key(model: torch.nn.Module, name: str) -> str:
-    """The cache key: the weights, torch and torchao versions, the CPU's flags and the recipe."""
+    """The cache key: the weights, torch and torchao versions, the CPU's usable flags (see
+    :func:`cpu_flags`), torch's ISA limit where one is set, the threads and the recipe."""
     import torchao
 
     parts = [
@@ -116,6 +117,8 @@ def package_key(model: torch.nn.Module, name: str) -> str:
         hashlib.blake2b(" ".join(sorted(cpu_flags())).encode(), digest_size=8).hexdigest(),
         str(torch.get_num_threads()),
     ]
+    if os.environ.get(ATEN_LIMIT, "").strip():  # the package's own kernels are written for that width
+        parts.append(f"{ATEN_LIMIT}={os.environ[ATEN_LIMIT].strip().lower()}")
     return cache_key(name, parts)
 
 
@@ -235,6 +238,7 @@ def build_package(
         reference = torch.softmax(logits(torch.from_numpy(held_out)).float(), -1).numpy()
     package = Path(workdir) / "package"
     package.mkdir(parents=True, exist_ok=True)
+    reduce_range = needs_reduced_range() if reduce_range is None else reduce_range
     started = time.perf_counter()
     smoothed = smooth(fp32_model, calibration)  # a copy: the served model keeps its attention
     attention = attention_for_int8(smoothed)
@@ -253,6 +257,7 @@ def build_package(
         "reference": reference.tolist(),
         "max_difference": difference,
         "attention": attention,
+        "activation_bits": 7 if reduce_range else 8,
         "build_seconds": round(build_seconds, 1),
         "int8_images_per_s": _images_per_second(lambda batch: forward(torch.from_numpy(batch)), held_out),
         "plain_images_per_s": _images_per_second(plain, held_out),
