@@ -5,8 +5,9 @@ times larger in every block, divided back by the next linear layers), as trained
 For each model, recipe and activation width, one package is built in this process (as the child
 build does) and its nsfw scores are compared with fp32 on the held-out set: the example photographs
 and generated pictures. Prints one table; each build takes a minute or two with ViT-B.
+``--values`` adds a third model: outliers in the attention's values too (``values=True``).
 
-    python benchmarks/int8_outliers.py --architecture base --bits 8,7
+    python benchmarks/int8_outliers.py --architecture base --bits 8,7 [--values]
 """
 
 from __future__ import annotations
@@ -28,10 +29,16 @@ from nsfw_space.model.preprocess import Preprocessor
 from nsfw_space.model.smoothing import SMOOTHING, smooth
 from nsfw_space.tools.synthetic import VIT_BASE, VIT_TINY, build_model_dir, with_outlier_channels
 
-RECIPES = {"static (before)": 0.0, "static + smoothing (now)": SMOOTHING}
+RECIPES = {  # label: (SmoothQuant's alpha, also between the value and output projections)
+    "static (before)": (0.0, False),
+    "static + LayerNorm smoothing": (SMOOTHING, False),
+    "static + LayerNorm and value smoothing (now)": (SMOOTHING, True),
+}
 
 
-def measure(model_dir: Path, alpha: float, reduce_range: bool, workdir: Path) -> tuple[float, float, float]:
+def measure(
+    model_dir: Path, alpha: float, values: bool, reduce_range: bool, workdir: Path
+) -> tuple[float, float, float]:
     """(largest nsfw-score difference on the photographs, on the generated pictures, build seconds)."""
     model, processor = load_model_and_processor(str(model_dir))
     preprocess = Preprocessor(processor)
@@ -40,8 +47,8 @@ def measure(model_dir: Path, alpha: float, reduce_range: bool, workdir: Path) ->
     with torch.inference_mode():
         reference = torch.softmax(Logits(model)(torch.from_numpy(held_out)).float(), -1).numpy()
     started = time.perf_counter()
-    smoothed = smooth(model, calibration, alpha) if alpha else model
-    path = workdir / f"{model_dir.name}-{alpha}-{int(reduce_range)}.pt2"
+    smoothed = smooth(model, calibration, alpha, values=values) if alpha else model
+    path = workdir / f"{model_dir.name}-{alpha}-{int(values)}-{int(reduce_range)}.pt2"
     quantize._compile_package(Logits(smoothed).eval(), calibration, path, reduce_range)
     seconds = time.perf_counter() - started
     forward = quantize._load(path)
@@ -57,6 +64,9 @@ def main() -> None:
     parser.add_argument("--architecture", choices=("base", "tiny"), default="base")
     parser.add_argument("--bits", default="8,7", help="activation widths to try: 8 (VNNI/AMX), 7 (AVX2)")
     parser.add_argument("--factor", type=float, default=30.0)
+    parser.add_argument(
+        "--values", action="store_true", help="also a model with outlier channels in the attention's values"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
@@ -65,14 +75,18 @@ def main() -> None:
         architecture = VIT_BASE if args.architecture == "base" else VIT_TINY
         plain = build_model_dir(root / "plain", architecture=architecture)
         outliers = with_outlier_channels(plain, root / "outliers", factor=args.factor)
+        models = [("plain", plain), (f"outliers x{args.factor:g}", outliers)]
+        if args.values:
+            both = with_outlier_channels(plain, root / "values", factor=args.factor, values=True)
+            models.append((f"outliers x{args.factor:g}, values too", both))
         print(f"CPU: {cpu_description()}; torch {torch.__version__}; ViT-{args.architecture}/16")
         print(f"int8 activations now: {7 if quantize.needs_reduced_range() else 8} bits on this CPU")
         print("| model | recipe | activations | max diff, photos | max diff, generated | build s |")
         print("|---|---|---|---|---|---|")
         for bits in (int(b) for b in args.bits.split(",")):
-            for label, model_dir in (("plain", plain), (f"outliers x{args.factor:g}", outliers)):
-                for recipe, alpha in RECIPES.items():
-                    photos, generated, seconds = measure(model_dir, alpha, bits == 7, root)
+            for label, model_dir in models:
+                for recipe, (alpha, values) in RECIPES.items():
+                    photos, generated, seconds = measure(model_dir, alpha, values, bits == 7, root)
                     verdict = "accepted" if max(photos, generated) <= quantize.TOLERANCE else "refused"
                     print(
                         f"| {label} | {recipe} | {bits}-bit | {photos:.4f} | {generated:.4f} | "

@@ -37,7 +37,9 @@ from nsfw_space.model.smoothing import smooth
 
 logger = logging.getLogger(__name__)
 
-ROUTE = "pt2e-x86-static-smooth-aoti-5"  # change when the recipe changes: old packages are then not used
+ROUTE = (
+    "pt2e-x86-static-smooth-values-aoti-6"  # change when the recipe changes: old packages are then not used
+)
 CALIBRATION_IMAGES = 32  # generated pictures, beside crops of the example photographs
 HELD_OUT_IMAGES = 8  # generated pictures held out for the check, beside the example photographs
 MAX_BATCH = 256
@@ -240,7 +242,7 @@ def build_package(
     package.mkdir(parents=True, exist_ok=True)
     reduce_range = needs_reduced_range() if reduce_range is None else reduce_range
     started = time.perf_counter()
-    smoothed = smooth(fp32_model, calibration)  # a copy: the served model keeps its attention
+    smoothed = smooth(fp32_model, calibration, values=True)  # a copy: the served model keeps its attention
     attention = attention_for_int8(smoothed)
     _compile_package(
         Logits(smoothed).eval(), calibration, package / "model.pt2", reduce_range, timing_threads

@@ -39,25 +39,49 @@ def norm_linear_pairs(model: torch.nn.Module) -> list[tuple[torch.nn.LayerNorm, 
     return pairs
 
 
-def smooth(model: torch.nn.Module, calibration: torch.Tensor, alpha: float = SMOOTHING) -> torch.nn.Module:
+def value_output_pairs(model: torch.nn.Module) -> list[tuple[torch.nn.Linear, list[torch.nn.Linear]]]:
+    """Each attention's value projection with the output projection it feeds. The attention's
+    output is a weighted mean of the values, channel by channel, so a scale moves from the output
+    projection's input into the value projection's output rows without changing the function:
+    the one other place, beside the LayerNorms, where an outlier channel can be moved."""
+    pairs = []
+    for block in model.modules():
+        attention = getattr(block, "attention", None)
+        if attention is None or getattr(block, "layernorm_before", None) is None:
+            continue
+        value, output = getattr(attention, "v_proj", None), getattr(attention, "o_proj", None)
+        if not isinstance(value, torch.nn.Linear):  # transformers 4: attention.attention.value
+            value = getattr(getattr(attention, "attention", None), "value", None)
+            output = getattr(getattr(attention, "output", None), "dense", None)
+        linears = isinstance(value, torch.nn.Linear) and isinstance(output, torch.nn.Linear)
+        if linears and value.out_features == output.in_features:
+            pairs.append((value, [output]))
+    return pairs
+
+
+def smooth(
+    model: torch.nn.Module, calibration: torch.Tensor, alpha: float = SMOOTHING, *, values: bool = False
+) -> torch.nn.Module:
     """A copy of ``model`` computing the same function, with each LayerNorm's output channels
     divided by ``s = max|x|^alpha / max|w|^(1 - alpha)`` and the next linear layers' input columns
     multiplied by ``s`` (SmoothQuant, Xiao et al. 2023): a channel tens of times larger than the
-    rest, as trained transformers have, no longer sets the scale of a whole tensor."""
+    rest, as trained transformers have, no longer sets the scale of a whole tensor. ``values``:
+    the same between each attention's value and output projections (:func:`value_output_pairs`),
+    ``x`` then being the output projection's input."""
     smoothed = copy.deepcopy(model).float().eval()
-    pairs = norm_linear_pairs(smoothed)
+    pairs = norm_linear_pairs(smoothed) + (value_output_pairs(smoothed) if values else [])
     if not pairs or alpha <= 0:
         return smoothed
     peaks: dict[int, torch.Tensor] = {}
 
     def record(index: int):
-        def hook(_module, _inputs, output):
-            peak = output.detach().abs().flatten(0, -2).amax(0)
+        def hook(_module, inputs):
+            peak = inputs[0].detach().abs().flatten(0, -2).amax(0)
             peaks[index] = torch.maximum(peaks[index], peak) if index in peaks else peak
 
         return hook
 
-    handles = [norm.register_forward_hook(record(i)) for i, (norm, _) in enumerate(pairs)]
+    handles = [linears[0].register_forward_pre_hook(record(i)) for i, (_, linears) in enumerate(pairs)]
     try:
         with torch.inference_mode():
             for start in range(0, len(calibration), 8):
@@ -66,13 +90,14 @@ def smooth(model: torch.nn.Module, calibration: torch.Tensor, alpha: float = SMO
         for handle in handles:
             handle.remove()
     with torch.no_grad():
-        for i, (norm, linears) in enumerate(pairs):
+        for i, (producer, linears) in enumerate(pairs):
             weight_peak = torch.stack([layer.weight.abs().amax(0) for layer in linears]).amax(0)
             scale = peaks[i].clamp(min=1e-5).pow(alpha) / weight_peak.clamp(min=1e-5).pow(1 - alpha)
             scale = scale.clamp(min=1e-5)
-            norm.weight.div_(scale)
-            if norm.bias is not None:
-                norm.bias.div_(scale)
+            # a LayerNorm's weight is one per channel; a linear layer's output channel is a row
+            producer.weight.div_(scale if producer.weight.dim() == 1 else scale[:, None])
+            if producer.bias is not None:
+                producer.bias.div_(scale)
             for layer in linears:
                 layer.weight.mul_(scale)
     return smoothed

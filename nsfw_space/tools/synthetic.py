@@ -87,16 +87,24 @@ def _spread_head(model, processor, labels, spread: float, seed: int) -> None:
 
 
 def with_outlier_channels(
-    source: str | Path, directory: str | Path, *, channels: int = 4, factor: float = 30.0, seed: int = 0
+    source: str | Path,
+    directory: str | Path,
+    *,
+    channels: int = 4,
+    factor: float = 30.0,
+    seed: int = 0,
+    values: bool = False,
 ) -> Path:
     """Save beside ``source`` a model that computes the same function with the outliers trained
     transformers have: in every block, ``channels`` of the LayerNorm outputs that enter attention
     and the MLP are ``factor`` times larger, and the linear layers they feed divide them back
-    (equal in exact arithmetic; what per-tensor int8 activations find hard)."""
+    (equal in exact arithmetic; what per-tensor int8 activations find hard). ``values``: also
+    ``channels`` of each attention's values (so of its output, the output projection's input),
+    divided back by the output projection."""
     import torch
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from nsfw_space.model.smoothing import norm_linear_pairs
+    from nsfw_space.model.smoothing import norm_linear_pairs, value_output_pairs
 
     model = AutoModelForImageClassification.from_pretrained(str(source), local_files_only=True).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -106,6 +114,13 @@ def with_outlier_channels(
             norm.weight[chosen] *= factor
             norm.bias[chosen] *= factor
             for layer in linears:
+                layer.weight[:, chosen] /= factor
+        for value, outputs in value_output_pairs(model) if values else []:
+            chosen = torch.randperm(value.out_features, generator=generator)[:channels]
+            value.weight[chosen] *= factor
+            if value.bias is not None:
+                value.bias[chosen] *= factor
+            for layer in outputs:
                 layer.weight[:, chosen] /= factor
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
