@@ -37,9 +37,8 @@ from nsfw_space.model.smoothing import smooth
 
 logger = logging.getLogger(__name__)
 
-ROUTE = (
-    "pt2e-x86-static-smooth-values-aoti-6"  # change when the recipe changes: old packages are then not used
-)
+# change when the recipe changes: old packages are then not used
+ROUTE = "pt2e-x86-static-smooth-values-aoti-6"
 CALIBRATION_IMAGES = 32  # generated pictures, beside crops of the example photographs
 HELD_OUT_IMAGES = 8  # generated pictures held out for the check, beside the example photographs
 MAX_BATCH = 256
