@@ -75,7 +75,7 @@ def cpu_flags() -> set[str]:
     decides whether int8 dot products and bf16 are there). ``ONEDNN_MAX_CPU_ISA=AVX2`` on any
     newer x86 CPU gives an AVX2-only CPU's int8 arithmetic, saturation included."""
     flags = reported_cpu_flags()
-    beyond = _BEYOND.get(os.environ.get(ONEDNN_LIMIT, "").strip().lower(), ())
+    beyond = _BEYOND.get(isa_limits().get(ONEDNN_LIMIT, "").lower(), ())
     return {flag for flag in flags if not flag.startswith(beyond)} if beyond else flags
 
 
@@ -108,7 +108,7 @@ def cpu_description(flags: set[str] | None = None) -> str:
 @functools.lru_cache(maxsize=1)
 def cpu_has_fast_bf16() -> bool:
     """True when the CPU multiplies bf16 in hardware (AMX-BF16 or AVX512-BF16) and oneDNN may use it."""
-    if os.environ.get(ONEDNN_LIMIT, "").strip():  # torch's probes see the hardware, not the limit
+    if ONEDNN_LIMIT in isa_limits():  # torch's probes see the hardware, not the limit
         return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     for probe in probes:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from nsfw_space.media.samples import example_photos, varied_image
-from nsfw_space.model.device import ATEN_LIMIT, cpu_flags, cpu_has_fast_bf16
+from nsfw_space.model.device import ATEN_LIMIT, cpu_flags, cpu_has_fast_bf16, isa_limits
 from nsfw_space.model.optimize import TOLERANCE, Forward, Logits
 from nsfw_space.model.smoothing import smooth
 
@@ -118,8 +118,9 @@ def package_key(model: torch.nn.Module, name: str) -> str:
         hashlib.blake2b(" ".join(sorted(cpu_flags())).encode(), digest_size=8).hexdigest(),
         str(torch.get_num_threads()),
     ]
-    if os.environ.get(ATEN_LIMIT, "").strip():  # the package's own kernels are written for that width
-        parts.append(f"{ATEN_LIMIT}={os.environ[ATEN_LIMIT].strip().lower()}")
+    aten_limit = isa_limits().get(ATEN_LIMIT)
+    if aten_limit:  # the package's own kernels are written for that width
+        parts.append(f"{ATEN_LIMIT}={aten_limit.lower()}")
     return cache_key(name, parts)
 
 
