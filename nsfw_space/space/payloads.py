@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nsfw_space.errors import InvalidImageError
+from nsfw_space.media.budgets import LARGE_GARBAGE_BYTES, note_large_garbage
 
 NOT_RECEIVED = (
     "The request named a file this server did not receive from you. Upload the image itself "
@@ -101,6 +102,8 @@ def payload_source(
             # until thousands of sessions later): drop the encoded image from that same dict, so a
             # 54 MB data: URL does not stay in memory after this request, refused or not.
             payload[key] = None
+            if len(value) >= LARGE_GARBAGE_BYTES:
+                note_large_garbage()  # its copies in the parsed body go with the next collection
             return data_url_bytes(value, max_bytes)
         if value.lower().startswith(("http://", "https://")):
             if fetch is None:
