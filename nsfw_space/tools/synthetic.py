@@ -38,8 +38,10 @@ def build_model_dir(
     architecture: dict[str, int] | None = None,
     spread: float = 1.5,
     seed: int = 0,
+    spread_images: int = 48,
 ) -> Path:
-    """Save a ViT image classifier (safetensors, config, preprocessor) into ``directory``."""
+    """Save a ViT image classifier (safetensors, config, preprocessor) into ``directory``; its head
+    lies along the features' direction of most variance over ``spread_images`` generated pictures."""
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
@@ -55,7 +57,7 @@ def build_model_dir(
     model = ViTForImageClassification(config).eval()
     processor = ViTImageProcessorPil(**PROCESSOR_CONFIG)
     if spread:
-        _spread_head(model, processor, labels, spread, seed)
+        _spread_head(model, processor, labels, spread, seed, spread_images)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
@@ -63,10 +65,10 @@ def build_model_dir(
     return directory
 
 
-def _spread_head(model, processor, labels, spread: float, seed: int) -> None:
+def _spread_head(model, processor, labels, spread: float, seed: int, count: int = 48) -> None:
     import torch
 
-    images = [varied_image(seed=1000 + i, size=(224, 224)) for i in range(48)]
+    images = [varied_image(seed=1000 + i, size=(224, 224)) for i in range(count)]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         hidden = model.vit(pixel_values=pixels).last_hidden_state[:, 0]
