@@ -630,6 +630,7 @@ print(sum(faults[4:]), process_rss_mb(os.getpid()))
 """
 
 
+@pytest.mark.slow  # two fresh interpreters with torch: about 25 s
 def test_the_spaces_allocator_reuses_a_forwards_large_buffers_and_hands_them_back_when_idle():
     # Mapped one by one (glibc's way over 32 MB; the trimmer used to map all over 1 MB), each
     # buffer was unmapped when freed and its pages faulted in again, zeroed, on the next forward:
