@@ -101,3 +101,27 @@ def test_one_bit_and_one_pixel_images(classifier, picture):
 
 def test_to_rgb_leaves_rgb_alone(picture):
     assert to_rgb(picture) is picture
+
+
+def test_freed_memory_goes_back_after_a_large_decode_but_not_after_a_draft_of_a_large_jpeg(
+    classifier, monkeypatch
+):
+    # A trim hands back every free page of the heap, the model's kept buffers too, so the next
+    # forward faults them in again: after a 4032x3024 JPEG that draft mode decoded at 1008x756
+    # there is nothing large to give back (two such files in six cost the int8 ViT-B/16 about
+    # 100,000 page faults a batch of 16). A PNG of the same size is decoded whole: trimmed.
+    from nsfw_space.media import budgets
+
+    trims = []
+    monkeypatch.setattr(budgets, "release_memory", lambda: trims.append(1))
+    photo = varied_image(3, (252, 189)).resize((4032, 3024))
+    jpeg, png = io.BytesIO(), io.BytesIO()
+    photo.save(jpeg, format="JPEG", quality=85)
+    photo.save(png, format="PNG", compress_level=1)
+
+    assert classifier.decode(jpeg.getvalue()).pixels.shape[0] == 1
+    assert trims == []
+    classifier.decode(png.getvalue())
+    assert trims == [1]
+    load_image(jpeg.getvalue())  # no draft asked: decoded whole, so trimmed after
+    assert trims == [1, 1]

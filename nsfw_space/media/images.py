@@ -115,10 +115,11 @@ def load_frames(
         pixels = image.width * image.height
         if budget is not None:
             budget.spend(pixels)
-        with GATE.hold(pixels):
+        with GATE.hold(pixels) as held:
             if draft_size is not None and image.format == "JPEG":
                 image.draft("RGB", draft_size)
             decoded = _decode(image, data, limits.max_pixels, draft_size)
+            held.decoded = decoded.width * decoded.height
             limits.check_frame(*decoded.size, what="The image")
             frame = frame_to_rgb(shrink(decoded, draft_size))
             for full_size in {id(decoded): decoded, id(image): image}.values():

@@ -10,6 +10,10 @@ and ViT-B/16 in int8 58 to 61 ms an image instead of 36 to 43 (``python
 benchmarks/torch_thread.py``). So a CPU classifier loads and runs every forward pass here, on one
 thread (:func:`on_torch_thread`); explanations, which predictions never wait for, run on a thread
 that ends with them, and its pool with it (:func:`on_passing_thread`).
+
+The process that starts this thread keeps its large buffers in the heap, where the next forward
+reuses them, and hands them back while idle (:func:`~nsfw_space.media.budgets.start_memory_trimmer`):
+mapped one by one, as glibc maps buffers over 32 MB, every forward of a batch faulted them in anew.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import torch
+
+from nsfw_space.media.budgets import start_memory_trimmer
 
 NAME = "nsfw-torch"
 T = TypeVar("T")
@@ -70,6 +76,7 @@ def _queue() -> queue.SimpleQueue:
     global _thread, _jobs
     with _lock:
         if _thread is None or not _thread.is_alive():  # first use, or in a forked child
+            start_memory_trimmer()  # the forward's buffers stay in the heap, and go back when idle
             _jobs = queue.SimpleQueue()
             _thread = threading.Thread(target=_serve, args=(_jobs,), name=NAME, daemon=True)
             _thread.start()
