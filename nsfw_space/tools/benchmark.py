@@ -22,7 +22,6 @@ from pathlib import Path
 from nsfw_space.media.budgets import process_rss_mb
 from nsfw_space.model.classifier import NSFWClassifier
 from nsfw_space.model.device import cpu_description, cpu_has_fast_bf16
-from nsfw_space.model.torch_thread import on_torch_thread
 from nsfw_space.tools.synthetic import VIT_BASE, build_model_dir, jpeg_bytes, varied_image
 
 logger = logging.getLogger(__name__)
@@ -58,10 +57,12 @@ def make_images(folder: Path, count: int, sizes: list[tuple[int, int]] | None = 
 
 
 class PeakMemory:
-    """Samples this process's resident memory in a thread; ``peak_mb`` after the block."""
+    """Samples a process's resident memory (this one's by default) in a thread; ``peak_mb`` after
+    the block."""
 
-    def __init__(self, interval: float = 0.01) -> None:
+    def __init__(self, interval: float = 0.01, pid: int | None = None) -> None:
         self.interval = interval
+        self.pid = pid
         self.peak_mb = 0.0
         self._stop = threading.Event()
 
@@ -76,13 +77,14 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, current_rss_mb())
+            self.peak_mb = max(self.peak_mb, current_rss_mb(self.pid))
             time.sleep(self.interval)
 
 
-def current_rss_mb() -> float:
-    """This process's resident memory in MB (its peak, where /proc is missing)."""
-    rss = process_rss_mb(os.getpid())
+def current_rss_mb(pid: int | None = None) -> float:
+    """Resident memory in MB of process ``pid`` (this one by default; its peak, where /proc is
+    missing)."""
+    rss = process_rss_mb(pid or os.getpid())
     if rss is not None:
         return rss
     import resource
@@ -90,25 +92,72 @@ def current_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def card_snippet(model_dir: str) -> Callable[[list[Path]], dict[str, float]]:
-    """The model card's first snippet, one image at a time, returning {path: nsfw score}.
+class CardSnippet:
+    """The model card's first snippet, one image at a time, in a process of its own, as a user's
+    script runs it: called with paths, it returns {path: nsfw score}.
 
-    Loaded and run on the torch thread, which this process's NSFWClassifier uses too: each then
-    runs in the one OpenMP pool, as it would alone in a script (see model/torch_thread.py)."""
-    from PIL import Image
-    from transformers import pipeline
+    Not in this process: the classifier here keeps its buffers in the heap (see
+    ``media.budgets.keep_buffers_in_heap``), which a plain script does not, and the card's
+    pipeline gains from it too (the full-size decodes of large photographs): on an AVX2-only EPYC
+    it faulted about 1,000,000 pages and spent 3.3 s in the kernel on the bench's 64 files in a
+    plain process, 44,000 pages and 0.2 s beside our classifier."""
 
-    classifier = on_torch_thread(pipeline, "image-classification", model=model_dir)
+    def __init__(self, model_dir: str) -> None:
+        import multiprocessing
 
-    def run_here(paths: list[Path]) -> dict[str, float]:
-        scores = {}
-        for path in paths:
-            img = Image.open(path)
-            result = {item["label"]: item["score"] for item in classifier(img)}
-            scores[str(path)] = result["nsfw"]
-        return scores
+        spawn = multiprocessing.get_context("spawn")
+        self._connection, child = spawn.Pipe()
+        self._process = spawn.Process(target=_card_worker, args=(model_dir, child), daemon=True)
+        self._process.start()
+        child.close()
+        self._answer()  # loaded
 
-    return lambda paths: on_torch_thread(run_here, paths)
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def __call__(self, paths: list[Path]) -> dict[str, float]:
+        self._connection.send([str(path) for path in paths])
+        return self._answer()
+
+    def close(self) -> None:
+        self._connection.close()
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.terminate()
+
+    def _answer(self):
+        kind, value = self._connection.recv()
+        if kind == "error":
+            raise RuntimeError(f"the card's snippet failed: {value}")
+        return value
+
+
+def _card_worker(model_dir: str, connection) -> None:
+    """Child process: load the card's pipeline, then score each list of paths it is sent."""
+    try:
+        from PIL import Image
+        from transformers import pipeline
+
+        classifier = pipeline("image-classification", model=model_dir)
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
+        connection.send(("error", f"{type(err).__name__}: {err}"))
+        return
+    connection.send(("ok", None))
+    while True:
+        try:
+            paths = connection.recv()
+        except EOFError:
+            return
+        try:
+            scores = {}
+            for path in paths:
+                img = Image.open(path)
+                result = {item["label"]: item["score"] for item in classifier(img)}
+                scores[path] = result["nsfw"]
+            connection.send(("ok", scores))
+        except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
+            connection.send(("error", f"{type(err).__name__}: {err}"))
 
 
 def our_path(classifier: NSFWClassifier, batch_size: int) -> Callable[[list[Path]], dict[str, float]]:
@@ -135,64 +184,72 @@ def run_benchmark(
     paths = make_images(root / "images", images)
     latency_image = make_images(root / "latency", 2, [(1024, 768)])[1]
 
-    card = card_snippet(model_dir)
-    runners: dict[str, tuple[PathResult, Callable, Callable]] = {
-        "card": (
-            PathResult("model card pipeline, fp32, 1 at a time"),
-            card,
-            lambda: card([latency_image]),
+    card = CardSnippet(model_dir)  # in a process of its own, as a user's script runs it
+    try:
+        runners: dict[str, tuple[PathResult, Callable, Callable, int | None]] = {
+            "card": (
+                PathResult("model card pipeline, fp32, 1 at a time (own process)"),
+                card,
+                lambda: card([latency_image]),
+                card.pid,
+            )
+        }
+        ours = NSFWClassifier.from_pretrained(model_dir, device=device, precision=precision)
+        if not ours.wait_until_ready(0):
+            logger.info("waiting for the int8 build (once per model and CPU) before timing")
+            ours.wait_until_ready()
+        first_batches = []
+        for _ in range(2):  # warm-up stalls show as a first batch much slower than the second
+            started = time.perf_counter()
+            ours.predict_batch(paths[:batch_size], batch_size=batch_size)
+            first_batches.append(time.perf_counter() - started)
+        runners["ours"] = (
+            PathResult(f"nsfw_space predict_batch, {ours.precision}, batch {batch_size}"),
+            our_path(ours, batch_size),
+            lambda: ours.predict(latency_image),
+            None,
         )
-    }
-    ours = NSFWClassifier.from_pretrained(model_dir, device=device, precision=precision)
-    if not ours.wait_until_ready(0):
-        logger.info("waiting for the int8 build (once per model and CPU) before timing")
-        ours.wait_until_ready()
-    first_batches = []
-    for _ in range(2):  # warm-up stalls show as a first batch much slower than the second
-        started = time.perf_counter()
-        ours.predict_batch(paths[:batch_size], batch_size=batch_size)
-        first_batches.append(time.perf_counter() - started)
-    runners["ours"] = (
-        PathResult(f"nsfw_space predict_batch, {ours.precision}, batch {batch_size}"),
-        our_path(ours, batch_size),
-        lambda: ours.predict(latency_image),
-    )
-    if compile_model:
-        compiled = NSFWClassifier.from_pretrained(
-            model_dir, device=device, precision=precision, optimize="none"
+        if compile_model:
+            compiled = NSFWClassifier.from_pretrained(
+                model_dir, device=device, precision=precision, optimize="none"
+            )
+            started = time.perf_counter()
+            compiled.optimize("compile", batch_size)
+            compiled.predict_batch(paths[:batch_size], batch_size=batch_size)
+            warmup = time.perf_counter() - started
+            runners["compiled"] = (
+                PathResult(
+                    f"  same + torch.compile (warm-up {warmup:.0f} s; 1 image padded to {batch_size})"
+                ),
+                our_path(compiled, batch_size),
+                lambda: compiled.predict(latency_image),
+                None,
+            )
+        for _, run, single, _ in runners.values():  # warm every path up on a full batch and a single image
+            run(paths[:batch_size])
+            single()
+        for _ in range(rounds):
+            for result, run, single, pid in runners.values():
+                idle = current_rss_mb(pid)
+                with PeakMemory(pid=pid) as memory:
+                    started = time.perf_counter()
+                    result.scores = run(paths)
+                    result.seconds.append(time.perf_counter() - started)
+                result.peak_rss_mb = max(result.peak_rss_mb, memory.peak_mb - idle)
+                for _ in range(3):
+                    started = time.perf_counter()
+                    single()
+                    result.latency_ms.append((time.perf_counter() - started) * 1000)
+        report = format_comparison([r for r, _, _, _ in runners.values()], len(paths), ours)
+        first, second = first_batches
+        model_only = model_only_rate(ours, paths, batch_size)
+        return (
+            f"{report}\nmodel only, batch {batch_size}: {model_only:.1f} images/s ({ours.precision}, "
+            f"preprocessed pixels in, probabilities out)\nfirst predict_batch of {batch_size} after "
+            f"loading: {first:.2f} s, the second: {second:.2f} s ({first / second:.2f}x)"
         )
-        started = time.perf_counter()
-        compiled.optimize("compile", batch_size)
-        compiled.predict_batch(paths[:batch_size], batch_size=batch_size)
-        warmup = time.perf_counter() - started
-        runners["compiled"] = (
-            PathResult(f"  same + torch.compile (warm-up {warmup:.0f} s; 1 image padded to {batch_size})"),
-            our_path(compiled, batch_size),
-            lambda: compiled.predict(latency_image),
-        )
-    for _, run, single in runners.values():  # warm every path up on a full batch and a single image
-        run(paths[:batch_size])
-        single()
-    for _ in range(rounds):
-        for result, run, single in runners.values():
-            idle = current_rss_mb()
-            with PeakMemory() as memory:
-                started = time.perf_counter()
-                result.scores = run(paths)
-                result.seconds.append(time.perf_counter() - started)
-            result.peak_rss_mb = max(result.peak_rss_mb, memory.peak_mb - idle)
-            for _ in range(3):
-                started = time.perf_counter()
-                single()
-                result.latency_ms.append((time.perf_counter() - started) * 1000)
-    report = format_comparison([r for r, _, _ in runners.values()], len(paths), ours)
-    first, second = first_batches
-    model_only = model_only_rate(ours, paths, batch_size)
-    return (
-        f"{report}\nmodel only, batch {batch_size}: {model_only:.1f} images/s ({ours.precision}, "
-        f"preprocessed pixels in, probabilities out)\nfirst predict_batch of {batch_size} after "
-        f"loading: {first:.2f} s, the second: {second:.2f} s ({first / second:.2f}x)"
-    )
+    finally:
+        card.close()
 
 
 def model_only_rate(
