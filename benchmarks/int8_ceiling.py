@@ -12,6 +12,11 @@ dominate: the rest of the forward (attention's softmax, LayerNorm, GELU, quantis
 runs in what the multiplies leave. The best is taken over the quantised linear layer: on a CPU
 without VNNI, ``torch._int_mm`` leaves oneDNN for a plain loop (1 G multiply-accumulates/s on an
 AVX2-only EPYC, where the quantised linear layer ran at 97 to 144).
+
+Beside them, the other int8 kernels at hand, at the same shapes: FBGEMM's (torch's
+``quantized.linear`` with the ``fbgemm`` engine, written for AVX2 servers) and ONNX Runtime's
+MLAS (``MatMulInteger``, uint8 x int8), with fp32 (``torch.nn.functional.linear``) for scale:
+does a kernel the package does not use run faster here?
 """
 
 from __future__ import annotations
@@ -36,13 +41,7 @@ def int_mm_rate(rows: int, inner: int, cols: int, seconds: float) -> float:
 
     left = torch.randint(-64, 64, (rows, inner), dtype=torch.int8)
     right = torch.randint(-64, 64, (inner, cols), dtype=torch.int8)
-    for _ in range(3):
-        torch._int_mm(left, right)
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        torch._int_mm(left, right)
-        count += 1
-    return count * rows * inner * cols / (time.perf_counter() - started)
+    return _rate(lambda: torch._int_mm(left, right), rows * inner * cols, seconds)
 
 
 def qlinear_rate(rows: int, inner: int, cols: int, seconds: float) -> float:
@@ -61,13 +60,79 @@ def qlinear_rate(rows: int, inner: int, cols: int, seconds: float) -> float:
             activations, 0.02, 0, packed, scales, zeros, None, 1.0, 0, torch.float32, "none", [None], ""
         )
 
+    return _rate(run, rows * inner * cols, seconds)
+
+
+def fbgemm_rate(rows: int, inner: int, cols: int, seconds: float) -> float:
+    """Multiply-accumulates per second of FBGEMM's quantised linear layer (uint8 activations,
+    per-channel int8 weights prepacked, uint8 out)."""
+    import torch
+
+    engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"
+    try:
+        weights = torch.quantize_per_channel(
+            torch.randn(cols, inner) * 0.05,
+            torch.full((cols,), 0.002),
+            torch.zeros(cols, dtype=torch.long),
+            0,
+            torch.qint8,
+        )
+        packed = torch.ops.quantized.linear_prepack(weights, torch.zeros(cols))
+        activations = torch.quantize_per_tensor(torch.randn(rows, inner), 0.05, 64, torch.quint8)
+        return _rate(
+            lambda: torch.ops.quantized.linear(activations, packed, 0.1, 64), rows * inner * cols, seconds
+        )
+    finally:
+        torch.backends.quantized.engine = engine
+
+
+def onnxruntime_rate(rows: int, inner: int, cols: int, seconds: float) -> float:
+    """Multiply-accumulates per second of ONNX Runtime's ``MatMulInteger`` (uint8 x int8 -> int32,
+    MLAS), as many threads as torch uses; 0 where onnxruntime is not installed."""
+    try:
+        import numpy as np
+        import onnxruntime
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return 0.0
+    import torch
+
+    weights = np.random.default_rng(0).integers(-127, 128, (inner, cols)).astype(np.int8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])],
+        "matmul",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [rows, inner])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [rows, cols])],
+        [numpy_helper.from_array(weights, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    activations = np.random.default_rng(1).integers(0, 128, (rows, inner)).astype(np.uint8)
+    return _rate(lambda: session.run(None, {"A": activations}), rows * inner * cols, seconds)
+
+
+def fp32_rate(rows: int, inner: int, cols: int, seconds: float) -> float:
+    """Multiply-accumulates per second of an fp32 linear layer, for scale."""
+    import torch
+
+    inputs, weights = torch.randn(rows, inner), torch.randn(cols, inner)
+    return _rate(lambda: torch.nn.functional.linear(inputs, weights), rows * inner * cols, seconds)
+
+
+def _rate(run, macs: int, seconds: float) -> float:
     for _ in range(3):
         run()
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         run()
         count += 1
-    return count * rows * inner * cols / (time.perf_counter() - started)
+    return count * macs / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -92,16 +157,27 @@ def main() -> None:
         "mlp down": (rows, MLP, HIDDEN),
     }
     rates = {name: qlinear_rate(*shape, args.seconds) for name, shape in shapes.items()}
-    int_mm = {name: int_mm_rate(*shape, args.seconds) for name, shape in shapes.items()}
+    others = {
+        kernel: {name: measure(*shape, args.seconds) for name, shape in shapes.items()}
+        for kernel, measure in (
+            ("torch._int_mm", int_mm_rate),
+            ("FBGEMM", fbgemm_rate),
+            ("ONNX Runtime", onnxruntime_rate),
+            ("fp32", fp32_rate),
+        )
+    }
     classifier = NSFWClassifier.from_pretrained(model_dir, precision="int8")
     classifier.wait_until_ready()
     images = model_only_rate(classifier, make_images(root / "ceiling", 16), 16, args.seconds)
     macs = images * (LINEAR_MACS_PER_IMAGE + ATTENTION_MACS_PER_IMAGE)
     best = max(rates.values())
     print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'G multiply-accumulates/s':<40} {'quantised linear':>16} {'torch._int_mm':>14}")
+    print(
+        f"{'G multiply-accumulates/s':<40} {'quantised linear':>16} " + " ".join(f"{k:>14}" for k in others)
+    )
     for name, rate in rates.items():
-        print(f"{name + ' ' + str(shapes[name]):<40} {rate / 1e9:16.0f} {int_mm[name] / 1e9:14.0f}")
+        cells = " ".join(f"{others[kernel][name] / 1e9:14.0f}" for kernel in others)
+        print(f"{name + ' ' + str(shapes[name]):<40} {rate / 1e9:16.0f} {cells}")
     print(
         f"ViT-B/16 forward ({classifier.precision}), batch 16: {images:.1f} img/s = {macs / 1e9:.0f} G multiply-accumulates/s, "
         f"{macs / best:.0%} of the best quantised linear rate; all at that rate: {best / macs * images:.1f} img/s"
