@@ -16,14 +16,16 @@ from nsfw_space.web import export
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("weights", ["plain", "outliers", "outliers in the values too"])
+@pytest.mark.parametrize("weights", ["plain", "outliers in the LayerNorms and the values"])
 def test_the_export_is_checked_and_laid_out_for_transformers_js(model_dir, tmp_path, weights):
-    # the third computes the same function with outliers in the attention's values as well, which
-    # no LayerNorm precedes: the browser model smooths there too, as the server's int8 does
+    # the second computes the same function with outlier channels entering every block and in the
+    # attention's values, which no LayerNorm precedes: the browser model smooths in both places, as
+    # the server's int8 does (with the LayerNorms alone it was refused: 0.0330 off here, 0.0366 on
+    # a ViT-B/16)
     source = (
         model_dir
         if weights == "plain"
-        else with_outlier_channels(model_dir, tmp_path / "outliers", values=weights != "outliers")
+        else with_outlier_channels(model_dir, tmp_path / "outliers", values=True)
     )
     model, processor = load_model_and_processor(str(source))
     out = tmp_path / "browser"
