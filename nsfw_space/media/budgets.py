@@ -182,8 +182,8 @@ def keep_buffers_in_heap() -> bool:
     faulted in again, zeroed, on the next use: the MLP of a ViT-B/16 batch of 16 has 39 MB
     activations. A thread other than the main one (the torch thread) gets a malloc arena of its
     own, whose 64 MB heaps glibc also unmaps whenever one empties, whatever the trim threshold:
-    with two arenas one process faulted 0.05 to 0.4 million pages a run of 64 files where another
-    faulted none. So one arena: ``python -m nsfw_space bench``'s model, int8 at batch 16 on an
+    with two arenas a process faulted 47,000 to 413,000 pages a run of 64 files, with one 0 to
+    16,000. So one arena: ``python -m nsfw_space bench``'s model, int8 at batch 16 on an
     AVX2-only EPYC, faulted 1,000 to 2,600 pages a batch instead of 164,000 to 234,000 and ran at
     6.2 to 7.4 images/s instead of 4.7 to 5.8 (fresh processes, alternating); single images did
     not change. Decode threads share that arena too, where the trims reach their freed images."""
