@@ -637,7 +637,7 @@ print(trimmer, sum(faults[4:]), process_rss_mb(os.getpid()))
 """
 
 
-@pytest.mark.slow  # three fresh interpreters with torch: about 35 s
+@pytest.mark.slow  # three fresh interpreters with torch: 25 to 28 s
 def test_the_allocator_reuses_a_forwards_large_buffers_in_the_space_and_every_classifier():
     # Mapped one by one (glibc's way over 32 MB; the trimmer used to map all over 1 MB), each
     # buffer was unmapped when freed and its pages faulted in again, zeroed, on the next forward:

@@ -159,8 +159,6 @@ _LIBC = _libc()
 
 
 _trimmer_started = threading.Event()
-_heap_kept = threading.Event()
-_heap_lock = threading.Lock()
 _garbage_waiting = threading.Event()
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameter numbers
 LARGE_GARBAGE_BYTES = 1 << 20  # a request input this large is worth a collection once it is done with
@@ -175,8 +173,8 @@ def note_large_garbage() -> None:
 
 def keep_buffers_in_heap() -> bool:
     """Serve every buffer from one heap that the next forward reuses, and give memory back only
-    when trimmed (:func:`start_memory_trimmer` does so while the process is idle). Once per process;
-    False where glibc's ``mallopt`` is missing.
+    when trimmed (:func:`start_memory_trimmer` does so while the process is idle). Setting the
+    same values again changes nothing; False where glibc's ``mallopt`` is missing.
 
     glibc maps each buffer over 32 MB on its own and unmaps it when freed, so every page of it is
     faulted in again, zeroed, on the next use: the MLP of a ViT-B/16 batch of 16 has 39 MB
@@ -189,12 +187,9 @@ def keep_buffers_in_heap() -> bool:
     not change. Decode threads share that arena too, where the trims reach their freed images."""
     if _LIBC is None or not hasattr(_LIBC, "mallopt"):
         return False
-    with _heap_lock:
-        if not _heap_kept.is_set():
-            _LIBC.mallopt(M_ARENA_MAX, 1)
-            _LIBC.mallopt(M_MMAP_MAX, 0)  # every buffer from the heap, reused by the next forward
-            _LIBC.mallopt(M_TRIM_THRESHOLD, 1 << 30)  # trims give memory back, not each free()
-            _heap_kept.set()
+    _LIBC.mallopt(M_ARENA_MAX, 1)
+    _LIBC.mallopt(M_MMAP_MAX, 0)  # every buffer from the heap, reused by the next forward
+    _LIBC.mallopt(M_TRIM_THRESHOLD, 1 << 30)  # trims give memory back, not each free()
     return True
 
 
