@@ -230,6 +230,53 @@ def test_a_server_killed_mid_build_leaves_no_build_running_and_nothing_behind(mo
     assert not root.exists() or not any(root.iterdir())  # killed is not refused: nothing recorded
 
 
+_STOPPED_LIBRARY = textwrap.dedent(
+    """
+    import os, signal, time
+    from pathlib import Path
+
+    def wraps_the_stop(model, processor, workdir, spec):
+        # as transformers' lazy import did in CI: the SystemExit our SIGTERM raised came out as
+        # "Could not import module 'AutoImageProcessor'", and was recorded as a refusal
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        except BaseException as err:
+            raise RuntimeError("Could not import module 'AutoImageProcessor'") from err
+
+    def swallows_the_stop(model, processor, workdir, spec):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        except BaseException:
+            pass
+        (Path(workdir) / "package").mkdir()
+        return Path(workdir) / "package"
+    """
+)
+
+
+@pytest.mark.parametrize("library", ["wraps_the_stop", "swallows_the_stop"])
+def test_a_build_stopped_by_sigterm_is_neither_refused_nor_kept(
+    classifier, model_dir, tmp_path, monkeypatch, library
+):
+    """SIGTERM (a server's death, a host stopping the Space) stops a build: whatever a library
+    does with the stop, nothing is recorded, so the next start builds again."""
+    (tmp_path / "libs").mkdir()
+    (tmp_path / "libs" / "stopped_library.py").write_text(_STOPPED_LIBRARY)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "libs"))
+    root = tmp_path / "int8"
+    spec = builds.make_spec(
+        classifier,
+        root / "tiny-key",
+        (str(model_dir), None),
+        tolerance=0.01,
+        builder=f"stopped_library:{library}",
+    )
+    builds.build_in_child(spec, timeout=120)
+    assert list(root.iterdir()) == []  # no refusal, no package, no work folder
+
+
 def test_a_start_sweeps_work_folders_whose_owner_is_gone(tmp_path):
     root = tmp_path / "int8"
     dead = subprocess.run(

@@ -42,7 +42,12 @@ class RayOptions:
 
 
 def start_ray(options: RayOptions) -> Any:
-    """Join the named cluster, or start Ray here with this machine's cores."""
+    """Join the named cluster, or start Ray here with this machine's cores.
+
+    Ray's usage statistics are off unless ``RAY_USAGE_STATS_ENABLED`` is set: a moderation job
+    reports nothing to Ray's makers, and Ray Data starts no thread that polls a metrics server
+    for them (it kept querying localhost:9090 every 10 s after the scan had ended)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # inherited by the Ray processes started here
     try:
         import ray
     except ImportError as err:

@@ -198,10 +198,13 @@ def build_in_child(spec: BuildSpec, timeout: float | None = None) -> None:
             _children.discard(child)
         shutil.rmtree(spec.workdir, ignore_errors=True)
     folder = Path(spec.folder)
-    if _exiting.is_set() or (folder.exists() and code == 0):
-        return
+    if _exiting.is_set() or (folder.exists() and code == 0) or code in _STOPPED:
+        return  # finished, or stopped (by us at exit, by its parent's death, by a host's SIGTERM)
     why = "it ran past its time limit" if code is None else _ending(code)
     record_refusal(folder, f"the build process ended before it finished ({why})")
+
+
+_STOPPED = (-signal.SIGTERM, 128 + signal.SIGTERM)  # a child stopped, not refused: nothing recorded
 
 
 def _ending(code: int) -> str:
@@ -272,8 +275,13 @@ def _run_child(spec: BuildSpec) -> None:
         torch.set_num_threads(_build_threads(spec))
         try:
             model, processor = load_model_and_processor(spec.source, revision=spec.revision)
-            publish(_builder(spec.builder)(model, processor, workdir, spec), folder)
-        except Exception as err:  # noqa: BLE001 - every refusal is an outcome to remember
+            built = _builder(spec.builder)(model, processor, workdir, spec)
+            if _stopping.is_set():  # a library swallowed the stop and went on: keep nothing
+                raise SystemExit(128 + signal.SIGTERM)
+            publish(built, folder)
+        except Exception as err:  # every refusal is an outcome to remember
+            if _stopping.is_set():  # a library turned our SystemExit into its own error: a stop
+                raise SystemExit(128 + signal.SIGTERM) from err
             logger.warning("%s build refused: %s", spec.builder.split(":")[0], err)
             record_refusal(folder, str(err))
     finally:
@@ -311,10 +319,18 @@ def build_int8(model, processor, workdir: Path, spec: BuildSpec) -> Path:
     return workdir / "package"
 
 
+_stopping = threading.Event()  # the child was asked to stop (SIGTERM): whatever fails now is no refusal
+
+
+def _stop_requested(*_: Any) -> None:
+    _stopping.set()
+    sys.exit(128 + signal.SIGTERM)  # unwinds, so the work folder goes
+
+
 def main(argv: list[str]) -> int:
     spec = BuildSpec(**json.loads(argv[1]))
+    signal.signal(signal.SIGTERM, _stop_requested)
     _die_with_parent(spec.parent_pid)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds, so the work folder goes
     with contextlib.suppress(OSError):
         os.nice(19)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
