@@ -30,9 +30,25 @@ from nsfw_space import NSFWClassifier, Settings  # noqa: E402 - torch loads here
 from nsfw_space.tools.synthetic import build_model_dir, jpeg_bytes, varied_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# The longest modules first: with `-n 2 --dist loadfile` (pyproject's addopts) each goes to a
-# worker of its own at the start, and the short ones fill in around them.
-LONGEST_FIRST = ("test_scale.py", "test_int8.py", "test_explain.py")
+# The modules longest first (seconds each took in a whole run on 2 cores): with `-n 2 --dist
+# loadfile` (pyproject's addopts) a worker takes the next module when it is nearly done with its
+# own, so the short ones fill in at the end. With only the first three ranked, test_trust.py (121 s)
+# came last in alphabetical order and one worker ran it alone at the end.
+LONGEST_FIRST = (
+    "test_scale.py",  # 355
+    "test_int8.py",  # 253
+    "test_explain.py",  # 209
+    "test_trust.py",  # 121
+    "test_private.py",  # 83
+    "test_cli.py",  # 79
+    "test_browser.py",  # 67
+    "test_desk.py",  # 60
+    "test_policy.py",  # 56
+    "test_training.py",  # 53
+    "test_space.py",  # 44
+    "test_speed.py",  # 40
+    "test_app.py",  # 33
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
