@@ -204,7 +204,8 @@ def build_in_child(spec: BuildSpec, timeout: float | None = None) -> None:
     record_refusal(folder, f"the build process ended before it finished ({why})")
 
 
-_STOPPED = (-signal.SIGTERM, 128 + signal.SIGTERM)  # a child stopped, not refused: nothing recorded
+STOPPED_STATUS = 128 + signal.SIGTERM  # the child's exit status when asked to stop (SIGTERM)
+_STOPPED = (-signal.SIGTERM, STOPPED_STATUS)  # a child stopped, not refused: nothing recorded
 
 
 def _ending(code: int) -> str:
@@ -277,11 +278,11 @@ def _run_child(spec: BuildSpec) -> None:
             model, processor = load_model_and_processor(spec.source, revision=spec.revision)
             built = _builder(spec.builder)(model, processor, workdir, spec)
             if _stopping.is_set():  # a library swallowed the stop and went on: keep nothing
-                raise SystemExit(128 + signal.SIGTERM)
+                raise SystemExit(STOPPED_STATUS)
             publish(built, folder)
         except Exception as err:  # every refusal is an outcome to remember
             if _stopping.is_set():  # a library turned our SystemExit into its own error: a stop
-                raise SystemExit(128 + signal.SIGTERM) from err
+                raise SystemExit(STOPPED_STATUS) from err
             logger.warning("%s build refused: %s", spec.builder.split(":")[0], err)
             record_refusal(folder, str(err))
     finally:
@@ -324,7 +325,7 @@ _stopping = threading.Event()  # the child was asked to stop (SIGTERM): whatever
 
 def _stop_requested(*_: Any) -> None:
     _stopping.set()
-    sys.exit(128 + signal.SIGTERM)  # unwinds, so the work folder goes
+    sys.exit(STOPPED_STATUS)  # unwinds, so the work folder goes
 
 
 def main(argv: list[str]) -> int:
