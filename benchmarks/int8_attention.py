@@ -70,10 +70,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for label, model_dir in (("plain ViT-B/16", plain), ("outlier channels", outliers)):
         clf = NSFWClassifier.from_pretrained(str(model_dir), device="cpu", precision="fp32", optimize="none")
-        calibration = torch.from_numpy(quantize.calibration_pixels(clf.preprocess))
-        _, held_out = quantize.held_out_set(clf.preprocess)
-        with torch.inference_mode():
-            reference = torch.softmax(clf.model(pixel_values=torch.from_numpy(held_out)).logits, -1).numpy()
+        pictures = quantize.build_pictures(clf.model, clf.preprocess)
+        calibration, held_out, reference = pictures.calibration, pictures.held_out, pictures.reference
         batch = quantize.generated_pixels(clf.preprocess, 16, first_seed=0)
         for bf16 in (False, True):
             smoothed = smooth(clf.model, calibration)

@@ -42,20 +42,17 @@ def measure(
     """(largest nsfw-score difference on the photographs, on the generated pictures, build seconds)."""
     model, processor = load_model_and_processor(str(model_dir))
     preprocess = Preprocessor(processor)
-    calibration = torch.from_numpy(quantize.calibration_pixels(preprocess))
-    names, held_out = quantize.held_out_set(preprocess)
-    with torch.inference_mode():
-        reference = torch.softmax(Logits(model)(torch.from_numpy(held_out)).float(), -1).numpy()
+    pictures = quantize.build_pictures(model, preprocess)
     started = time.perf_counter()
-    smoothed = smooth(model, calibration, alpha, values=values) if alpha else model
+    smoothed = smooth(model, pictures.calibration, alpha, values=values) if alpha else model
     path = workdir / f"{model_dir.name}-{alpha}-{int(values)}-{int(reduce_range)}.pt2"
-    quantize._compile_package(Logits(smoothed).eval(), calibration, path, reduce_range)
+    quantize._compile_package(Logits(smoothed).eval(), pictures.calibration, path, reduce_range)
     seconds = time.perf_counter() - started
     forward = quantize._load(path)
     with torch.inference_mode():
-        got = torch.softmax(forward(torch.from_numpy(held_out)).float(), -1).numpy()
-    difference = np.abs(got - reference).max(axis=1)
-    photo = np.array([not name.startswith("generated-") for name in names])
+        got = torch.softmax(forward(torch.from_numpy(pictures.held_out)).float(), -1).numpy()
+    difference = np.abs(got - pictures.reference).max(axis=1)
+    photo = np.array([not name.startswith("generated-") for name in pictures.names])
     return float(difference[photo].max()), float(difference[~photo].max()), seconds
 
 

@@ -182,6 +182,27 @@ def held_out_set(
 
 
 @dataclass(frozen=True)
+class BuildPictures:
+    """What a build quantises with and checks against: the calibration pixels, the held-out
+    pictures (named as :func:`held_out_set` names them) and fp32's scores for them."""
+
+    calibration: torch.Tensor
+    names: list[str]
+    held_out: np.ndarray
+    reference: np.ndarray
+
+
+def build_pictures(fp32_model: torch.nn.Module, preprocess: Callable[[Any], np.ndarray]) -> BuildPictures:
+    """The build's calibration and check pictures for ``fp32_model``, with fp32's softmax scores on
+    the held-out ones (what every package is checked against; the benchmarks compare on the same)."""
+    calibration = torch.from_numpy(calibration_pixels(preprocess))
+    names, held_out = held_out_set(preprocess)
+    with torch.inference_mode():
+        reference = torch.softmax(Logits(fp32_model).eval()(torch.from_numpy(held_out)).float(), -1).numpy()
+    return BuildPictures(calibration, names, held_out, reference)
+
+
+@dataclass(frozen=True)
 class Int8Package:
     """A checked int8 forward and what was measured when it was built."""
 
@@ -233,36 +254,36 @@ def build_package(
     reason = missing_requirement()
     if reason:
         raise Int8Unavailable(reason)
-    calibration = torch.from_numpy(calibration_pixels(preprocess))
-    names, held_out = held_out_set(preprocess)
-    logits = Logits(fp32_model).eval()
-    with torch.inference_mode():
-        reference = torch.softmax(logits(torch.from_numpy(held_out)).float(), -1).numpy()
+    pictures = build_pictures(fp32_model, preprocess)
     package = Path(workdir) / "package"
     package.mkdir(parents=True, exist_ok=True)
     reduce_range = needs_reduced_range() if reduce_range is None else reduce_range
     started = time.perf_counter()
-    smoothed = smooth(fp32_model, calibration, values=True)  # a copy: the served model keeps its attention
+    smoothed = smooth(
+        fp32_model, pictures.calibration, values=True
+    )  # a copy: the served model keeps its attention
     attention = attention_for_int8(smoothed)
     _compile_package(
-        Logits(smoothed).eval(), calibration, package / "model.pt2", reduce_range, timing_threads
+        Logits(smoothed).eval(), pictures.calibration, package / "model.pt2", reduce_range, timing_threads
     )
     build_seconds = time.perf_counter() - started
     forward = _load(package / "model.pt2")
-    difference = _check(forward, held_out, reference)
+    difference = _check(forward, pictures.held_out, pictures.reference)
     if timing_threads:
         torch.set_num_threads(timing_threads)
     meta = {
         "route": ROUTE,
         "torch": torch.__version__,
-        "held_out": names,
-        "reference": reference.tolist(),
+        "held_out": pictures.names,
+        "reference": pictures.reference.tolist(),
         "max_difference": difference,
         "attention": attention,
         "activation_bits": 7 if reduce_range else 8,
         "build_seconds": round(build_seconds, 1),
-        "int8_images_per_s": _images_per_second(lambda batch: forward(torch.from_numpy(batch)), held_out),
-        "plain_images_per_s": _images_per_second(plain, held_out),
+        "int8_images_per_s": _images_per_second(
+            lambda batch: forward(torch.from_numpy(batch)), pictures.held_out
+        ),
+        "plain_images_per_s": _images_per_second(plain, pictures.held_out),
     }
     (package / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
