@@ -253,10 +253,17 @@ atexit.register(stop_all)
 
 # -- the child's side ---------------------------------------------------------------------------------
 def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to send SIGTERM when the parent dies (a killed server leaves no build running)."""
+    """Ask Linux to kill this child when its parent dies (a killed server leaves no build running).
+
+    SIGKILL, not SIGTERM: Python runs a SIGTERM handler only between bytecodes, and a build at
+    nice 19 on cores that other work keeps busy spent 12 to 31 s inside one C call (loading
+    torch's extension) before it could, outliving its server by that much; and the kernel may
+    send the signal more than once as the dying server's threads exit one after another. The
+    work folder a killed build leaves is swept at the next start (:func:`sweep`); the flock goes
+    with the process."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent_pid:  # the parent died before the request took hold
         raise SystemExit(0)
 
@@ -277,11 +284,11 @@ def _run_child(spec: BuildSpec) -> None:
         try:
             model, processor = load_model_and_processor(spec.source, revision=spec.revision)
             built = _builder(spec.builder)(model, processor, workdir, spec)
-            if _stopping.is_set():  # a library swallowed the stop and went on: keep nothing
+            if _Stop.asked:  # a library swallowed the stop and went on: keep nothing
                 raise SystemExit(STOPPED_STATUS)
             publish(built, folder)
         except Exception as err:  # every refusal is an outcome to remember
-            if _stopping.is_set():  # a library turned our SystemExit into its own error: a stop
+            if _Stop.asked:  # a library turned our SystemExit into its own error: a stop
                 raise SystemExit(STOPPED_STATUS) from err
             logger.warning("%s build refused: %s", spec.builder.split(":")[0], err)
             record_refusal(folder, str(err))
@@ -320,11 +327,23 @@ def build_int8(model, processor, workdir: Path, spec: BuildSpec) -> Path:
     return workdir / "package"
 
 
-_stopping = threading.Event()  # the child was asked to stop (SIGTERM): whatever fails now is no refusal
+class _Stop:
+    """Whether the child was asked to stop (SIGTERM): whatever fails after that is no refusal.
+
+    A plain flag, not a ``threading.Event``: the handler runs between any two bytecodes of the
+    main thread, a second SIGTERM inside the first one's ``Event.set`` took the Event's lock again,
+    and the child slept on it for good, holding its cache folder's lock (seen in CI: a killed
+    server's build, its dump three handler calls deep; the kernel may send the parent-death
+    signal again as the dying server's threads exit one after another, twice in one of three
+    tries here)."""
+
+    asked = False
 
 
 def _stop_requested(*_: Any) -> None:
-    _stopping.set()
+    if _Stop.asked:
+        return  # once is enough: the exit is under way (or a library went on, and nothing is kept)
+    _Stop.asked = True
     sys.exit(STOPPED_STATUS)  # unwinds, so the work folder goes
 
 
