@@ -55,14 +55,11 @@ def main() -> None:
     from nsfw_space.model.device import cpu_description
     from nsfw_space.model.optimize import Logits
     from nsfw_space.model.smoothing import smooth
-    from nsfw_space.tools.benchmark import ensure_benchmark_model
-    from nsfw_space.tools.synthetic import with_outlier_channels
+    from nsfw_space.tools.benchmark import ensure_benchmark_model, ensure_outlier_model
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="nsfw-bench-"))
     plain = ensure_benchmark_model(root)
-    outliers = root / "vit-base-outliers"
-    if not (outliers / "config.json").exists():
-        with_outlier_channels(plain, outliers)
+    outliers = ensure_outlier_model(root, values=False)
     print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(
         "| weights | attention | img/s batch 1 | img/s batch 16 | attention share (batch 16) | max score diff |"

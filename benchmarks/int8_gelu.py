@@ -95,16 +95,13 @@ def main() -> None:
     from nsfw_space.model.device import cpu_description
     from nsfw_space.model.optimize import Logits
     from nsfw_space.model.smoothing import smooth
-    from nsfw_space.tools.benchmark import ensure_benchmark_model
-    from nsfw_space.tools.synthetic import with_outlier_channels
+    from nsfw_space.tools.benchmark import ensure_benchmark_model, ensure_outlier_model
 
     keep_buffers_in_heap()  # as every CPU classifier serves: the batch's buffers reused
     unquantised = _Unquantised()
     root = Path(args.workdir or tempfile.mkdtemp(prefix="nsfw-bench-"))
     plain = ensure_benchmark_model(root)
-    outliers = root / "vit-base-outliers-values"
-    if not (outliers / "config.json").exists():
-        with_outlier_channels(plain, outliers, values=True)
+    outliers = ensure_outlier_model(root, values=True)
     print(f"{cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(
         "| weights | GELU | batch 16, ms (median) | batch 1, ms (median) | linear layers, ms | "

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -221,10 +222,7 @@ def test_a_server_killed_mid_build_leaves_no_build_running_and_nothing_behind(mo
     time.sleep(2)  # the child is at work
     server.kill()
     server.wait()
-    deadline = time.monotonic() + 10
-    while builds._alive(child_pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not builds._alive(child_pid)  # the build did not outlive its server
+    assert _gone_within(child_pid, 10)  # the build did not outlive its server
     builds.sweep(tmp_path / "int8")  # what a start does first
     root = tmp_path / "int8"
     assert not root.exists() or not [p for p in root.iterdir() if p.name.startswith(".")]
@@ -265,15 +263,28 @@ _STOPPED_LIBRARY = textwrap.dedent(
 )
 
 
+def _stopped_library(tmp_path) -> Path:
+    """A folder holding ``stopped_library`` (the builders above), for the child's PYTHONPATH."""
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "stopped_library.py").write_text(_STOPPED_LIBRARY)
+    return libs
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while builds._alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not builds._alive(pid)
+
+
 @pytest.mark.parametrize("library", ["wraps_the_stop", "swallows_the_stop"])
 def test_a_build_stopped_by_sigterm_is_neither_refused_nor_kept(
     classifier, model_dir, tmp_path, monkeypatch, library
 ):
     """SIGTERM (a server's death, a host stopping the Space) stops a build: whatever a library
     does with the stop, nothing is recorded, so the next start builds again."""
-    (tmp_path / "libs").mkdir()
-    (tmp_path / "libs" / "stopped_library.py").write_text(_STOPPED_LIBRARY)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "libs"))
+    monkeypatch.setenv("PYTHONPATH", str(_stopped_library(tmp_path)))
     root = tmp_path / "int8"
     spec = builds.make_spec(
         classifier,
@@ -290,8 +301,7 @@ def test_a_build_stopped_by_sigterm_is_neither_refused_nor_kept(
 def test_a_build_that_cannot_hear_sigterm_still_dies_with_its_killed_server(model_dir, tmp_path):
     """The kernel kills the child with SIGKILL when its server dies: a build inside a long C call
     (here: SIGTERM blocked) cannot put it off, as it did with SIGTERM in CI (alive 30 s later)."""
-    (tmp_path / "libs").mkdir()
-    (tmp_path / "libs" / "stopped_library.py").write_text(_STOPPED_LIBRARY)
+    libs = _stopped_library(tmp_path)
     root = tmp_path / "int8"
     script = textwrap.dedent(  # a server that serves nothing: only its build matters here
         f"""
@@ -311,7 +321,7 @@ def test_a_build_that_cannot_hear_sigterm_still_dies_with_its_killed_server(mode
         time.sleep(600)
         """
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "libs"), str(ROOT)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(libs), str(ROOT)]))
     server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
     try:
         child_pid = int(server.stdout.readline())
@@ -322,10 +332,7 @@ def test_a_build_that_cannot_hear_sigterm_still_dies_with_its_killed_server(mode
     finally:
         server.kill()
         server.wait()
-    deadline = time.monotonic() + 10
-    while builds._alive(child_pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not builds._alive(child_pid)  # gone with its server, not 60 s later
+    assert _gone_within(child_pid, 10)  # gone with its server, not 60 s later
     (root / "inside").unlink()
     builds.sweep(root)  # what the next start does first: its work folder goes
     assert list(root.iterdir()) == []  # killed is not refused: nothing recorded

@@ -259,9 +259,8 @@ def build_package(
     package.mkdir(parents=True, exist_ok=True)
     reduce_range = needs_reduced_range() if reduce_range is None else reduce_range
     started = time.perf_counter()
-    smoothed = smooth(
-        fp32_model, pictures.calibration, values=True
-    )  # a copy: the served model keeps its attention
+    # a copy: the served model keeps its attention
+    smoothed = smooth(fp32_model, pictures.calibration, values=True)
     attention = attention_for_int8(smoothed)
     _compile_package(
         Logits(smoothed).eval(), pictures.calibration, package / "model.pt2", reduce_range, timing_threads

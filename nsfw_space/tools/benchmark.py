@@ -22,7 +22,13 @@ from pathlib import Path
 from nsfw_space.media.budgets import process_rss_mb
 from nsfw_space.model.classifier import NSFWClassifier
 from nsfw_space.model.device import cpu_description, cpu_has_fast_bf16
-from nsfw_space.tools.synthetic import VIT_BASE, build_model_dir, jpeg_bytes, varied_image
+from nsfw_space.tools.synthetic import (
+    VIT_BASE,
+    build_model_dir,
+    jpeg_bytes,
+    varied_image,
+    with_outlier_channels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -275,6 +281,16 @@ def ensure_benchmark_model(root: Path) -> str:
     model_dir = root / "vit-base-random"
     if not (model_dir / "config.json").exists():
         build_model_dir(model_dir, architecture=VIT_BASE)
+    return str(model_dir)
+
+
+def ensure_outlier_model(root: Path, *, values: bool) -> str:
+    """The benchmark model rewritten with outlier channels entering every block (and, with
+    ``values``, in every attention's values too): the same function (``with_outlier_channels``),
+    built once in ``root`` beside it."""
+    model_dir = root / ("vit-base-outliers-values" if values else "vit-base-outliers")
+    if not (model_dir / "config.json").exists():
+        with_outlier_channels(ensure_benchmark_model(root), model_dir, values=values)
     return str(model_dir)
 
 
