@@ -8,10 +8,14 @@ quiet_libraries()
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 from nsfw_space import NSFWSpaceError, Settings  # noqa: E402 - after the quiet defaults are set
-from nsfw_space.space.demo import demo_from_settings, launch_options  # noqa: E402
+from nsfw_space.model.loading import check_model_argument  # noqa: E402
 
 try:
     settings = Settings.from_env()
+    # a wrong NSFW_SPACE_MODEL is said at once, before Gradio and torch load
+    check_model_argument(settings.model, settings.revision)
+    from nsfw_space.space.demo import demo_from_settings, launch_options
+
     demo = demo_from_settings(settings)
 except NSFWSpaceError as error:  # one clear line instead of a traceback wall
     raise SystemExit(f"nsfw-space: {error}") from None

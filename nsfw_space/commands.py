@@ -47,10 +47,21 @@ def _review_note(count: int, policy: Policy) -> str:
 
 
 def run_scan(args: argparse.Namespace) -> int:
+    """Every argument, input and the model's location are checked before torch is imported, so a
+    mistake is one line in a fraction of a second, not after the model has loaded."""
+    from nsfw_space.bulk.explained import ExplanationFiles
     from nsfw_space.bulk.scan import plan_scan, scan
     from nsfw_space.bulk.sources import Inputs, url_fetcher
+    from nsfw_space.errors import ConfigError
+    from nsfw_space.model.loading import check_model_argument
 
     settings = settings_from(args)
+    if args.engine == "ray" and args.explain_dir:
+        raise ConfigError("--explain-dir works with --engine local; explain flagged files from Ray's output.")
+    if args.engine == "ray" and settings.desk_db:
+        raise ConfigError(
+            "the desk's known-image lists are checked by --engine local; unset NSFW_SPACE_DESK_DB for Ray."
+        )
     inputs = Inputs(tuple(args.paths), args.input_format, args.image_column, args.url_column, args.id_column)
     plan = plan_scan(  # inputs and output checked first
         inputs, args.output, args.resume, max_bytes=settings.max_file_bytes, fetch=url_fetcher(settings)
@@ -63,9 +74,6 @@ def run_scan(args: argparse.Namespace) -> int:
         )
         print(f"nothing to scan: {done}", file=sys.stderr)
         return 0
-
-    from nsfw_space.model.classifier import NSFWClassifier
-
     policy = policy_from(settings, getattr(args, "threshold", None))
     options = {
         "threshold": policy.block,
@@ -76,14 +84,6 @@ def run_scan(args: argparse.Namespace) -> int:
         "k": args.min_frames,
     }
     if args.explain_dir:
-        from nsfw_space.bulk.explained import ExplanationFiles
-
-        if args.engine == "ray":
-            from nsfw_space.errors import ConfigError
-
-            raise ConfigError(
-                "--explain-dir works with --engine local; explain flagged files from Ray's output."
-            )
         options["explain_to"] = ExplanationFiles(
             args.explain_dir,
             level=args.level,
@@ -91,12 +91,7 @@ def run_scan(args: argparse.Namespace) -> int:
             threshold=policy.block,
             review_threshold=policy.review,
         )
-    if args.engine == "ray" and settings.desk_db:
-        from nsfw_space.errors import ConfigError
-
-        raise ConfigError(
-            "the desk's known-image lists are checked by --engine local; unset NSFW_SPACE_DESK_DB for Ray."
-        )
+    check_model_argument(settings.model, settings.revision)
     if args.engine == "ray":  # Ray's start and the workers' model loads are part of its time
         from nsfw_space.bulk.ray_engine import RayOptions, scan_with_ray
 
@@ -114,6 +109,7 @@ def run_scan(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - started
     else:
         from nsfw_space.desk.desk import Desk
+        from nsfw_space.model.classifier import NSFWClassifier
 
         desk = Desk.from_settings(settings)  # known-image lists decide first when the desk is on
         classifier = NSFWClassifier.from_settings(settings, job=True)
@@ -157,6 +153,9 @@ def run_explain(args: argparse.Namespace) -> int:
         threshold=policy.block,
         review_threshold=policy.review,
     )
+    from nsfw_space.model.loading import check_model_argument
+
+    check_model_argument(settings.model, settings.revision)  # before torch is imported
     from nsfw_space.model.classifier import NSFWClassifier
 
     classifier = NSFWClassifier.from_settings(settings, job=True)
@@ -276,6 +275,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from nsfw_space.model.loading import check_model_argument
+
+    check_model_argument(args.base, setting="--base")  # a base that cannot load: said before torch loads
     from nsfw_space.training.train import train, training_stats_text
 
     if not args.quiet:
@@ -296,8 +298,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from nsfw_space.model.classifier import NSFWClassifier
-    from nsfw_space.training.evaluate import require_plotting
+    """The arguments, the data folder (against a local model's labels) and the model's location
+    are checked before torch is imported."""
+    from nsfw_space.model.loading import check_model_argument, labels_on_disk
+    from nsfw_space.training.evaluate import eval_set_for, require_plotting
 
     require_plotting()  # before the model loads and every image is scored
 
@@ -306,7 +310,12 @@ def run_eval(args: argparse.Namespace) -> int:
         from nsfw_space.errors import ConfigError
 
         raise ConfigError("give DATA_DIR or --from-desk (the desk's decided items), one of them")
+    check_model_argument(settings.model, settings.revision)
+    labels = labels_on_disk(settings.model)
+    if args.data_dir and labels:
+        eval_set_for(args.data_dir, labels)
     from nsfw_space.desk_commands import desk_decisions
+    from nsfw_space.model.classifier import NSFWClassifier
 
     with tempfile.TemporaryDirectory(prefix="nsfw-space-desk-") as scratch:
         data_dir = desk_decisions(settings, Path(scratch)) if args.from_desk else args.data_dir

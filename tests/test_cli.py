@@ -111,6 +111,61 @@ def test_unloadable_model_is_one_line_and_exit_2(folder, tmp_path):
     assert len(lines) == 1 and "no such directory" in lines[0] and "Traceback" not in result.stderr
 
 
+def test_mistakes_are_refused_before_torch_is_imported(folder, model_dir, images, tmp_path):
+    """A wrong model, output, label folder or an unreachable base is one line at once: every
+    command checks its arguments, inputs and the model's location before it imports torch, so a
+    typo costs a fraction of a second, not a model load. All cases in one interpreter, which has
+    not imported torch at the end."""
+    missing = str(tmp_path / "missing")
+    (tmp_path / "labelled" / "cats").mkdir(parents=True)
+    shutil.copy(images[0], tmp_path / "labelled" / "cats" / "a.jpg")
+    cases = [
+        (["scan", str(folder), "--model", missing], "no such directory"),
+        (
+            ["scan", str(folder), "-m", str(model_dir), "-o", str(tmp_path / "x.txt")],
+            ".csv, .jsonl or .parquet",
+        ),
+        (["explain", str(images[0]), "-o", str(images[1]), "-m", str(model_dir)], "is a file, not a folder"),
+        (["explain", str(images[0]), "-o", str(tmp_path / "b"), "-m", missing], "no such directory"),
+        (
+            [
+                "eval",
+                str(tmp_path / "labelled"),
+                "--model",
+                str(model_dir),
+                "--output-dir",
+                str(tmp_path / "e"),
+            ],
+            "cats",
+        ),
+        (["train", str(tmp_path / "labelled"), "--output-dir", str(tmp_path / "t")], "--base"),
+    ]
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from nsfw_space.cli import main\n"
+        "results = []\n"
+        "for args in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        results.append([main(args), err.getvalue()])\n"
+        "print(json.dumps({'results': results, 'torch': 'torch' in sys.modules}))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps([args for args, _ in cases])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    for (args, phrase), (code, stderr) in zip(cases, outcome["results"], strict=True):
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and phrase in lines[0], (args, stderr)
+    assert not outcome["torch"]
+
+
 def test_bad_arguments_exit_2(folder, model_dir, tmp_path):
     assert run_cli("scan", str(folder), "-m", str(model_dir), "--threshold", "7").returncode == 2
     wrong_suffix = run_cli("scan", str(folder), "-m", str(model_dir), "-o", str(tmp_path / "x.txt"))

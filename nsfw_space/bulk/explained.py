@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nsfw_space.config import DEFAULT_HEAT_LEVEL
 from nsfw_space.errors import ConfigError
-from nsfw_space.model.explain import DEFAULT_LEVEL, Explanation, check_level
+from nsfw_space.media.heat import check_level
+
+if TYPE_CHECKING:  # torch is imported when a model explains, not when the folder is checked
+    from nsfw_space.model.explain import Explanation
 
 WRITABLE_SUFFIXES = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP"}
 JSONL_NAME = "explanations.jsonl"
@@ -24,7 +28,7 @@ class ExplanationFiles:
         self,
         folder: str | Path,
         *,
-        level: float = DEFAULT_LEVEL,
+        level: float = DEFAULT_HEAT_LEVEL,
         strength: float | None = None,
         threshold: float = 0.5,
         review_threshold: float | None = None,

@@ -15,17 +15,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nsfw_space.bulk.explained import ExplanationFiles
 from nsfw_space.bulk.locations import IMAGE_SUFFIXES, VIDEO_SUFFIXES, listing, walk
 from nsfw_space.bulk.sources import Inputs, Item, Loaded, items_from, load, units_of
 from nsfw_space.bulk.writers import csv_text, progress_bar, row_cell
-from nsfw_space.desk.desk import Desk
-from nsfw_space.desk.lists import with_match
 from nsfw_space.errors import ConfigError, InvalidImageError
-from nsfw_space.model.classifier import NSFWClassifier
-from nsfw_space.model.prediction import Prediction
+
+if TYPE_CHECKING:  # planning a scan (its inputs and output checked) imports neither torch nor a database
+    from nsfw_space.bulk.explained import ExplanationFiles
+    from nsfw_space.desk.desk import Desk
+    from nsfw_space.model.classifier import NSFWClassifier
+    from nsfw_space.model.prediction import Prediction
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ScanPlan", "ScanSummary", "plan_scan", "scan", "walk"]
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -278,6 +279,8 @@ def scan(
             rows = score_rows(classifier, loaded, threshold, review, batch_size, rule, k)
             for entry, row in zip(loaded, rows, strict=True):
                 if desk is not None and not row["error"]:
+                    from nsfw_space.desk.lists import with_match
+
                     known, _ = desk.match(entry.data)
                     with_match(row, known.to_dict() if known is not None else None)
                 summary.add(row)

@@ -3,8 +3,12 @@ blurred copy of it (with a colour scale), or used as a mask that blurs only the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from nsfw_space.errors import ExplainError
 
 # low -> high: dark blue, violet, red, orange, yellow (a perceptually ordered "hot" scale)
 SCALE = np.array(
@@ -12,6 +16,17 @@ SCALE = np.array(
 )
 PREVIEW_SIZE = 512
 SCALE_CAPTION = "evidence for nsfw:  low  ->  high"
+
+
+def check_level(level: Any) -> float:
+    """A heat level in [0, 1]; anything else is an ExplainError (a ValueError) with one sentence."""
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        raise ExplainError(f"The heat level must be a number from 0 to 1, not {level!r}.") from None
+    if not 0.0 <= value <= 1.0:
+        raise ExplainError(f"The heat level must be from 0 to 1, not {value:g}.")
+    return value
 
 
 def stretch(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:

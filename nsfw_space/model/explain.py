@@ -29,6 +29,7 @@ from PIL import Image
 from nsfw_space.config import DEFAULT_HEAT_LEVEL
 from nsfw_space.errors import ExplainError
 from nsfw_space.media import heat
+from nsfw_space.media.heat import check_level
 from nsfw_space.model.prediction import Prediction
 from nsfw_space.model.torch_thread import on_passing_thread
 
@@ -125,17 +126,6 @@ class Explanation:
         if self.frame:
             result["explained_frame"] = self.frame
         return result
-
-
-def check_level(level: Any) -> float:
-    """A heat level in [0, 1]; anything else is a ConfigError-like ValueError with one sentence."""
-    try:
-        value = float(level)
-    except (TypeError, ValueError):
-        raise ExplainError(f"The heat level must be a number from 0 to 1, not {level!r}.") from None
-    if not 0.0 <= value <= 1.0:
-        raise ExplainError(f"The heat level must be from 0 to 1, not {value:g}.")
-    return value
 
 
 class _Logits(torch.nn.Module):

@@ -7,12 +7,13 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import torch
-
 from nsfw_space.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -23,28 +24,31 @@ LOCAL_HINT = (
     "preprocessor_config.json (for example one made with `hf download` or "
     "`python -m nsfw_space train`)."
 )
+OFFLINE_REASON = "it is not in the local cache and the Hugging Face Hub is offline or unreachable"
 # Core errors speak of the argument first, then how each door (the Space, the CLI) sets it.
 DEFAULT_SETTING = f"the model argument ({MODEL_SETTING} for the Space, --model for the CLI)"
 
 
 def load_model_and_processor(
-    model: str, *, revision: str | None = None, dtype: torch.dtype = torch.float32
+    model: str, *, revision: str | None = None, dtype: torch.dtype | None = None
 ) -> tuple[Any, Any]:
     """Load ``(model, image_processor)`` or raise ModelLoadError naming the model and the fix.
 
     Only safetensors weights are read and no remote code is run. A hub id is first looked up in
     the local cache; the hub itself is asked once, after a quick reachability check, so an offline
-    machine fails in seconds rather than after a long retry loop.
+    machine fails in seconds rather than after a long retry loop. A missing directory fails before
+    torch and transformers are imported.
     """
+    source, local_only = locate_for_loading(model, revision)
+    import torch
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    source, local_only = locate_for_loading(model, revision)
     kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": local_only}
     if revision and not Path(source).is_dir():
         kwargs["revision"] = revision
     try:
         classifier = AutoModelForImageClassification.from_pretrained(
-            source, use_safetensors=True, dtype=dtype, **kwargs
+            source, use_safetensors=True, dtype=dtype or torch.float32, **kwargs
         )
         processor = AutoImageProcessor.from_pretrained(source, **kwargs)
     except ModelLoadError:
@@ -57,9 +61,9 @@ def load_model_and_processor(
 
 def load_processor(model: str, *, revision: str | None = None) -> Any:
     """The model's image processor alone (no weights), or ModelLoadError as for the model."""
+    source, local_only = locate_for_loading(model, revision)
     from transformers import AutoImageProcessor
 
-    source, local_only = locate_for_loading(model, revision)
     kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": local_only}
     if revision and not Path(source).is_dir():
         kwargs["revision"] = revision
@@ -73,11 +77,32 @@ def locate_for_loading(model: str, revision: str | None, setting: str = DEFAULT_
     """(what to pass to from_pretrained, local_files_only), or ModelLoadError without touching the
     network when the directory is missing or the hub is unreachable and the model is not cached."""
     source, local_only = _locate(model, revision, setting)
-    if not local_only and not _in_cache(source, {"revision": revision}):
-        reason = _hub_unreachable_reason()
-        if reason:
-            raise ModelLoadError(_message(model, revision, reason, setting))
+    if Path(source).is_dir() or _in_cache(source, {"revision": revision}):
+        return source, local_only
+    reason = OFFLINE_REASON if local_only else _hub_unreachable_reason()  # local_only: HF_HUB_OFFLINE
+    if reason:
+        raise ModelLoadError(_message(model, revision, reason, setting))
     return source, local_only
+
+
+def check_model_argument(model: str, revision: str | None = None, setting: str = DEFAULT_SETTING) -> None:
+    """Raise ModelLoadError now, before torch or transformers is imported, when ``model`` cannot
+    load: a missing directory or one without config.json or safetensors weights, or a hub id that
+    is not cached while the hub is offline or unreachable (see :func:`locate_for_loading`)."""
+    locate_for_loading(model, revision, setting)
+
+
+def labels_on_disk(model: str) -> list[str] | None:
+    """A local model directory's labels in order, read from its config.json alone (no torch, no
+    transformers); None for a hub id or a config without labels."""
+    import json
+
+    path = Path(model).expanduser() / "config.json"
+    try:
+        names = json.loads(path.read_text())["id2label"]
+        return [str(names[str(index)]) for index in range(len(names))]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def describe_failure(
@@ -123,14 +148,24 @@ def _in_cache(source: str, kwargs: dict[str, Any]) -> bool:
     return isinstance(found, str)
 
 
+_REACHED: dict[str, float] = {}  # endpoint -> when it last answered: a check then a load ask once
+_REACHED_FOR = 60.0  # seconds
+
+
 def _hub_unreachable_reason() -> str | None:
+    import time
+
     from huggingface_hub import constants
+
+    if time.monotonic() - _REACHED.get(constants.ENDPOINT, -_REACHED_FOR) < _REACHED_FOR:
+        return None
 
     endpoint = urlparse(constants.ENDPOINT)
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
         with socket.create_connection((host, port), timeout=5):
+            _REACHED[constants.ENDPOINT] = time.monotonic()
             return None
     except OSError as err:
         return f"the Hugging Face Hub ({constants.ENDPOINT}) could not be reached ({err.strerror or err})"
@@ -140,7 +175,7 @@ def _reason(err: BaseException) -> str:
     text = " ".join(str(err).split())
     lowered = text.lower()
     if "offline" in lowered or "couldn't connect" in lowered or "local_files_only" in lowered:
-        return "it is not in the local cache and the Hugging Face Hub is offline or unreachable"
+        return OFFLINE_REASON
     if "is not a valid model identifier" in lowered or "repository not found" in lowered or "404" in lowered:
         return "no such model on the Hugging Face Hub (or it is private)"
     if "revision" in lowered and ("not found" in lowered or "invalid" in lowered):

@@ -16,15 +16,17 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nsfw_space.errors import ConfigError, InvalidImageError
-from nsfw_space.model.classifier import NSFWClassifier
 from nsfw_space.model.policy import calibrate
 from nsfw_space.model.prediction import Prediction
-from nsfw_space.training.datasets import load_eval_set
+from nsfw_space.training.datasets import LabelledFiles, load_eval_set
+
+if TYPE_CHECKING:  # the data folder is checked before torch is imported
+    from nsfw_space.model.classifier import NSFWClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +48,8 @@ def evaluate(
     (block at ``block_precision``, review from ``review_recall``; see
     :func:`nsfw_space.model.policy.calibrate`) to ``output_dir``."""
     require_plotting()  # before anything is scored
-    files = load_eval_set(data_dir)
+    files = eval_set_for(data_dir, classifier.labels)
     by_name = {label.lower(): index for index, label in enumerate(classifier.labels)}
-    unknown = sorted({label for label in files.labels if label.lower() not in by_name})
-    if unknown:
-        raise ConfigError(
-            f"The folders {', '.join(unknown)} are not labels of the model (its labels are "
-            f"{', '.join(classifier.labels)}); name the subfolders after the labels."
-        )
     nsfw_names = {classifier.labels[i] for i in classifier.nsfw_indices}
     truth, prob, scores, skipped, runtime = _score_all(classifier, files, by_name, batch_size, progress)
     positive = np.isin(truth, [by_name[name.lower()] for name in nsfw_names])
@@ -197,6 +193,20 @@ def threshold_for_precision(positive: np.ndarray, scores: np.ndarray, target: fl
             best = {"threshold": float(candidate), "precision": precision, "recall": recall}
             break
     return best or {"threshold": None, "precision": None, "recall": None, "note": "no threshold reaches it"}
+
+
+def eval_set_for(data_dir: str | Path, labels: list[str]) -> LabelledFiles:
+    """The labelled files under ``data_dir``, or ConfigError when a label folder is not one of the
+    model's ``labels`` (compared without case)."""
+    files = load_eval_set(data_dir)
+    known = {label.lower() for label in labels}
+    unknown = sorted({label for label in files.labels if label.lower() not in known})
+    if unknown:
+        raise ConfigError(
+            f"The folders {', '.join(unknown)} are not labels of the model (its labels are "
+            f"{', '.join(labels)}); name the subfolders after the labels."
+        )
+    return files
 
 
 def require_plotting() -> None:
