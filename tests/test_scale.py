@@ -380,7 +380,9 @@ def test_the_ray_engine_gives_the_local_engines_rows_for_41_mixed_inputs(
         else:
             args = ["scan", *inputs, "-m", str(model_dir), *extra, "-o", str(out), "--engine", "ray", "-q"]
             stage = ["--decode-stage", "on"] if name == "webdataset" else []
-            result = run_cli(*args, "--ray-address", ray_cluster, *stage, env_extra=env)
+            # the tables: one model actor (the folder above has two); a table is one block, read in one pass
+            workers = [] if stage else ["--workers", "1"]
+            result = run_cli(*args, "--ray-address", ray_cluster, *stage, *workers, env_extra=env)
             assert result.returncode == 0, result.stderr
             # Ray's execution plan: the decode stage ran where asked, and only there
             assert ("MapBatches(_Decoding)" in result.stderr) == bool(stage), (name, result.stderr[-2000:])
@@ -419,7 +421,7 @@ def test_inputs_in_object_storage_are_read_through_pyarrows_filesystems(
         if name == "parquet":
             out = tmp_path / f"{name}-ray.jsonl"
             args = ["scan", *inputs, "-m", str(model_dir), *extra, "-o", str(out), "--engine", "ray", "-q"]
-            result = run_cli(*args, "--ray-address", ray_cluster)
+            result = run_cli(*args, "--ray-address", ray_cluster, "--workers", "1")  # one table: one block
             assert result.returncode == 0, result.stderr
             runs["ray"] = _rows_of(out)
         for engine, rows in runs.items():
@@ -475,9 +477,9 @@ def many_pictures(tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_killed_worker_and_then_a_killed_driver_leave_each_row_once(many_pictures, model_dir, tmp_path):
-    """One job: a model worker is killed mid-job (Ray replaces it and the job goes on), then the
-    driver and everything it started are killed; ``--resume`` finishes with each input once and
-    scores only what was not written."""
+    """One job on one model worker: it is killed mid-job (Ray replaces it, retries its batch and
+    the job goes on), then the driver and everything it started are killed; ``--resume`` (full
+    batches, nothing killed) finishes with each input once and scores only what was not written."""
     import os
     import signal
     import subprocess
@@ -491,7 +493,7 @@ def test_a_killed_worker_and_then_a_killed_driver_leave_each_row_once(many_pictu
             time.sleep(0.05)
 
     out = tmp_path / "out.jsonl"
-    driver = _start_scan(many_pictures, model_dir, out)
+    driver = _start_scan(many_pictures, model_dir, out, "--workers", "1")  # no other actor takes over
     wait_for_rows(5)
     listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     workers = [
@@ -505,7 +507,7 @@ def test_a_killed_worker_and_then_a_killed_driver_leave_each_row_once(many_pictu
     driver.wait()
     written = _valid_ids(out)
     assert len(written) == len(set(written)) and 45 <= len(written) < MANY, len(written)
-    again = _start_scan(many_pictures, model_dir, out, "--resume", batch_size=16)  # no kill: full batches
+    again = _start_scan(many_pictures, model_dir, out, "--resume", "--workers", "1", batch_size=16)
     _, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr.decode()[-2000:]
     ids = _valid_ids(out)
