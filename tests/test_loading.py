@@ -142,3 +142,41 @@ def test_an_isa_limit_in_the_environment_is_what_the_int8_and_bf16_choices_see(m
     quantize.package_key(model, "m")
     assert parts[0][:-1] == parts[1] and parts[0][-1] == "ATEN_CPU_CAPABILITY=avx2"
     device.cpu_has_fast_bf16.cache_clear()
+
+
+def test_a_hub_that_answered_is_not_asked_again_for_a_minute(monkeypatch):
+    """The CLI checks a hub id before torch loads and the load checks it again: one connection
+    between them while the hub answers; an unreachable hub is asked every time, and said."""
+    from nsfw_space.model import loading
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "_REACHED", {})
+    monkeypatch.setattr(loading, "_in_cache", lambda source, kwargs: False)
+    connections = []
+
+    class Answered:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def connect(address, timeout):
+        connections.append(address)
+        if answering:
+            return Answered()
+        raise OSError(111, "Connection refused")
+
+    monkeypatch.setattr(loading.socket, "create_connection", connect)
+    answering = False
+    for _ in range(2):
+        with pytest.raises(ModelLoadError, match="could not be reached"):
+            loading.check_model_argument("someone/some-model")
+    assert len(connections) == 2
+    answering = True
+    assert loading.locate_for_loading("someone/some-model", None) == ("someone/some-model", False)
+    loading.check_model_argument("someone/some-model")
+    assert len(connections) == 3
+    monkeypatch.setattr(loading, "_REACHED", {key: value - 61 for key, value in loading._REACHED.items()})
+    loading.check_model_argument("someone/some-model")  # a minute later: asked again
+    assert len(connections) == 4
