@@ -177,10 +177,13 @@ def _count(number: int, noun: str) -> str:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from nsfw_space.space.demo import demo_from_settings, launch_options
+    from nsfw_space.model.loading import check_model_argument
 
     logging.getLogger("nsfw_space").setLevel(logging.INFO)
     settings = settings_from(args)
+    check_model_argument(settings.model, settings.revision)  # before Gradio and torch are imported
+    from nsfw_space.space.demo import demo_from_settings, launch_options
+
     demo = demo_from_settings(settings)
     demo.launch(**launch_options(settings, demo))
     return 0
@@ -189,15 +192,18 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_export_web(args: argparse.Namespace) -> int:
     """Build (or take from the cache) the browser model and write the static on-device checker."""
     from nsfw_space.errors import ConfigError
-    from nsfw_space.model.classifier import NSFWClassifier
-    from nsfw_space.web.building import BrowserModel
-    from nsfw_space.web.serve import export_site, page_status
+    from nsfw_space.model.loading import check_model_argument
 
     out_dir = Path(args.out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"{out_dir} is not an empty folder; give a new or empty one")
     settings = settings_from(args)
     policy = policy_from(settings, args.threshold)
+    check_model_argument(settings.model, settings.revision)  # before torch is imported
+    from nsfw_space.model.classifier import NSFWClassifier
+    from nsfw_space.web.building import BrowserModel
+    from nsfw_space.web.serve import export_site, page_status
+
     classifier = NSFWClassifier.from_settings(settings, job=True)
     browser = BrowserModel(
         classifier,

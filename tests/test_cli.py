@@ -115,7 +115,7 @@ def test_mistakes_are_refused_before_torch_is_imported(folder, model_dir, images
     """A wrong model, output, label folder or an unreachable base is one line at once: every
     command checks its arguments, inputs and the model's location before it imports torch, so a
     typo costs a fraction of a second, not a model load. All cases in one interpreter, which has
-    not imported torch at the end."""
+    imported neither torch nor Gradio at the end."""
     missing = str(tmp_path / "missing")
     (tmp_path / "labelled" / "cats").mkdir(parents=True)
     shutil.copy(images[0], tmp_path / "labelled" / "cats" / "a.jpg")
@@ -139,6 +139,8 @@ def test_mistakes_are_refused_before_torch_is_imported(folder, model_dir, images
             "cats",
         ),
         (["train", str(tmp_path / "labelled"), "--output-dir", str(tmp_path / "t")], "--base"),
+        (["serve", "-m", missing], "no such directory"),
+        (["export-web", str(tmp_path / "site"), "-m", missing], "no such directory"),
     ]
     script = (
         "import contextlib, io, json, sys\n"
@@ -148,7 +150,7 @@ def test_mistakes_are_refused_before_torch_is_imported(folder, model_dir, images
         "    err = io.StringIO()\n"
         "    with contextlib.redirect_stderr(err):\n"
         "        results.append([main(args), err.getvalue()])\n"
-        "print(json.dumps({'results': results, 'torch': 'torch' in sys.modules}))\n"
+        "print(json.dumps({'results': results, 'torch': 'torch' in sys.modules or 'gradio' in sys.modules}))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     done = subprocess.run(
