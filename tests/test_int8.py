@@ -121,6 +121,9 @@ def test_the_package_is_cached_and_a_restart_loads_it_without_building(built, mo
     assert {p.name for p in folders[0].iterdir()} == {"model.pt2", "meta.json"}
     meta = json.loads((folders[0] / "meta.json").read_text())
     assert meta["max_difference"] <= 0.01 and meta["int8_images_per_s"] > 0 and meta["plain_images_per_s"] > 0
+    assert (
+        meta["max_difference_before_compiling"] <= 0.01 * quantize.EARLY_MARGIN
+    )  # checked before compiling too
     assert {"astronaut.jpg", "coffee.jpg"} <= set(meta["held_out"])  # checked on photographs too
     caplog.set_level(logging.INFO, logger="nsfw_space")
     started = time.perf_counter()
@@ -158,7 +161,9 @@ def test_a_refused_build_is_remembered_and_not_repeated_until_asked(model_dir, t
     monkeypatch.setattr(quantize, "TOLERANCE", 1e-9)  # no int8 can be this close: the check refuses it
     caplog.set_level(logging.INFO, logger="nsfw_space")
     clf = NSFWClassifier.from_pretrained(str(model_dir), device="cpu", precision="fp32")
-    assert "differ from fp32" in clf.use_int8(cache_dir=tmp_path, build="now")
+    # refused on the quantised graph, before the C++ compile (most of a build's time) was begun
+    assert "differ from fp32" in (said := clf.use_int8(cache_dir=tmp_path, build="now"))
+    assert "before compiling" in said
     assert clf.precision == "fp32" and clf.optimization == "jit"
     folder = next((tmp_path / "int8").iterdir())
     assert [p.name for p in (tmp_path / "int8").iterdir()] == [folder.name]  # no work folder left
@@ -424,6 +429,31 @@ def test_auto_with_no_speed_ups_builds_nothing(model_dir, tmp_path):
         str(model_dir), device="cpu", optimize="none", cache_dir=str(tmp_path)
     )
     assert clf.wait_until_ready(0) and not (tmp_path / "int8").exists()
+
+
+def test_the_graph_before_compiling_is_refused_only_past_twice_the_bound():
+    """The check before compiling lets a graph between the bound and EARLY_MARGIN times it go on
+    to the compile (compiling moves scores, either way); past that it refuses, and says where."""
+    import numpy as np
+    import torch
+
+    reference = np.array([[0.7, 0.3], [0.2, 0.8]], dtype=np.float32)
+
+    def off_by(amount: float):
+        shifted = reference + np.array([[-amount, amount], [0.0, 0.0]], dtype=np.float32)
+        return lambda pixels: torch.from_numpy(np.log(shifted))  # logits whose softmax is `shifted`
+
+    held_out = np.zeros((2, 3, 4, 4), dtype=np.float32)
+    bound = quantize.TOLERANCE * quantize.EARLY_MARGIN
+    assert quantize.EARLY_MARGIN > 1
+    between = (quantize.TOLERANCE + bound) / 2
+    assert quantize._check(off_by(between), held_out, reference, bound=bound) == pytest.approx(
+        between, abs=1e-6
+    )
+    with pytest.raises(ValueError, match="differ from fp32"):  # the package itself is held to the bound
+        quantize._check(off_by(between), held_out, reference)
+    with pytest.raises(ValueError, match="before compiling"):
+        quantize._check(off_by(bound * 1.1), held_out, reference, bound=bound)
 
 
 def test_int8_is_a_precision_everywhere_and_cpu_only(monkeypatch):
