@@ -9,7 +9,11 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 
 from nsfw_space import NSFWSpaceError, Settings  # noqa: E402 - after the quiet defaults are set
 from nsfw_space.model.loading import check_model_argument  # noqa: E402
+from nsfw_space.stopping import stop_on_sigterm  # noqa: E402
 
+# a host stops a Space with SIGTERM: Gradio then closes as after Ctrl-C and a build aside is
+# stopped with its work folder removed, instead of the process ending on the spot
+stop_on_sigterm()
 try:
     settings = Settings.from_env()
     # a wrong NSFW_SPACE_MODEL is said at once, before Gradio and torch load
@@ -19,6 +23,8 @@ try:
     demo = demo_from_settings(settings)
 except NSFWSpaceError as error:  # one clear line instead of a traceback wall
     raise SystemExit(f"nsfw-space: {error}") from None
+except KeyboardInterrupt:  # stopped (Ctrl-C, SIGTERM) while loading
+    raise SystemExit("nsfw-space: stopped while loading") from None
 
 if __name__ == "__main__":
     # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are read by Gradio itself.

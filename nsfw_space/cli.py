@@ -18,6 +18,7 @@ from nsfw_space.config import DEFAULT_HEAT_LEVEL, DEFAULT_MODEL
 from nsfw_space.errors import NSFWSpaceError
 from nsfw_space.logs import quiet_libraries
 from nsfw_space.modes import FrameRule, Optimization, Precision
+from nsfw_space.stopping import SIGTERM_STATUS, Terminated, sigterm_stops
 
 logger = logging.getLogger("nsfw_space")
 
@@ -32,10 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     quiet_libraries()
     try:
-        return int(args.run(args) or 0)
+        with sigterm_stops():  # a SIGTERM (a host or a job runner stopping it) ends it as Ctrl-C does
+            return int(args.run(args) or 0)
     except NSFWSpaceError as err:
         print(f"nsfw-space {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"nsfw-space {args.command}: stopped (SIGTERM)", file=sys.stderr)
+        return SIGTERM_STATUS
     except KeyboardInterrupt:
         print(f"nsfw-space {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -234,6 +234,88 @@ def test_a_server_killed_mid_build_leaves_no_build_running_and_nothing_behind(mo
     assert not root.exists() or not any(root.iterdir())  # killed is not refused: nothing recorded
 
 
+def _build_children_of(cache: Path) -> list[int]:
+    """The pids of the build children working for the cache folder ``cache`` (their argument names it)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                arguments = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"nsfw_space.model.builds" in arguments and str(cache).encode() in arguments:
+                pids.append(int(proc.name))
+    return pids
+
+
+def _sigterm_during_its_build(process: subprocess.Popen, cache: Path) -> list[int]:
+    """Once ``process`` builds int8 into ``cache``, SIGTERM it; the build children it had then."""
+    deadline = time.monotonic() + 60
+    while not (children := _build_children_of(cache)) and time.monotonic() < deadline:
+        assert process.poll() is None
+        time.sleep(0.1)
+    assert children and any(p.name.startswith(".") for p in (cache / "int8").iterdir())  # at work
+    time.sleep(1)
+    process.send_signal(signal.SIGTERM)
+    return children
+
+
+@pytest.mark.slow  # app.py with a build child
+def test_a_space_stopped_with_sigterm_stops_its_build_and_leaves_nothing(model_dir, tmp_path):
+    """Docker, Kubernetes and Spaces stop a server with SIGTERM: app.py closes as after Ctrl-C,
+    and its build aside is stopped and its work folder removed then, not left for the next start."""
+    from tests.helpers import start_app
+
+    cache = tmp_path / "cache"
+    process, _ = start_app(model_dir, tmp_path, precision="int8", cache_dir=str(cache))
+    try:
+        children = _sigterm_during_its_build(process, cache)
+        assert process.wait(30) == 0  # a stop, not a crash
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert all(_gone_within(pid, 5) for pid in children)
+    assert list((cache / "int8").iterdir()) == []  # no work folder, and a stop is no refusal
+    assert "Traceback" not in process.log_path.read_text()
+
+
+@pytest.mark.slow  # a CLI run that builds int8 first
+def test_a_command_stopped_with_sigterm_while_it_builds_says_so_and_leaves_nothing(
+    model_dir, photos, tmp_path
+):
+    cache = tmp_path / "cache"
+    command = [
+        "scan",
+        str(photos[0]),
+        "-m",
+        str(model_dir),
+        "--precision",
+        "int8",
+        "-o",
+        str(tmp_path / "out.csv"),
+    ]
+    scan = subprocess.Popen(
+        [sys.executable, "-m", "nsfw_space", *command],
+        cwd=ROOT,
+        env=dict(os.environ, NSFW_SPACE_CACHE_DIR=str(cache)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        children = _sigterm_during_its_build(scan, cache)
+        _, stderr = scan.communicate(timeout=30)
+    finally:
+        if scan.poll() is None:
+            scan.kill()
+    assert scan.returncode == 128 + signal.SIGTERM
+    assert (
+        stderr.strip().splitlines()[-1] == "nsfw-space scan: stopped (SIGTERM)" and "Traceback" not in stderr
+    )
+    assert all(_gone_within(pid, 5) for pid in children)
+    assert list((cache / "int8").iterdir()) == []
+
+
 _STOPPED_LIBRARY = textwrap.dedent(
     """
     import os, signal, time

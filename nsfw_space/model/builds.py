@@ -168,7 +168,7 @@ def _alive(pid: int) -> bool:
 
 
 # -- the parent's side -------------------------------------------------------------------------------
-_children: set[subprocess.Popen] = set()
+_children: dict[subprocess.Popen, str] = {}  # each running build's child, and its work folder
 _children_lock = threading.Lock()
 
 
@@ -187,15 +187,18 @@ def build_in_child(spec: BuildSpec, timeout: float | None = None) -> None:
     command = [sys.executable, "-m", "nsfw_space.model.builds", json.dumps(asdict(spec))]
     child = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
     with _children_lock:
-        _children.add(child)
+        _children[child] = spec.workdir
     try:
         code = child.wait(timeout)
     except subprocess.TimeoutExpired:
         _stop(child)
         code = None
+    except BaseException:  # Ctrl-C or SIGTERM while a command waits on its build: no build goes on
+        _stop(child, grace=EXIT_GRACE_S)
+        raise
     finally:
         with _children_lock:
-            _children.discard(child)
+            _children.pop(child, None)
         shutil.rmtree(spec.workdir, ignore_errors=True)
     folder = Path(spec.folder)
     if _exiting.is_set() or (folder.exists() and code == 0) or code in _STOPPED:
@@ -229,20 +232,25 @@ def exiting() -> bool:
 
 
 def stop_all() -> None:
-    """Stop every running build (at exit): each child cleans its work folder; nothing is recorded."""
+    """Stop every running build (at exit) and remove its work folder; nothing is recorded. Here,
+    not in the thread that waits on the child: at exit that thread may never run again."""
     _exiting.set()
     with _children_lock:
-        children = list(_children)
-    for child in children:
-        _stop(child)
+        children = dict(_children)
+    for child, workdir in children.items():
+        _stop(child, grace=EXIT_GRACE_S)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _stop(child: subprocess.Popen) -> None:
+EXIT_GRACE_S = 3  # a host that stops a server waits about 10 s (Docker's default) before SIGKILL
+
+
+def _stop(child: subprocess.Popen, grace: float = 10) -> None:
     if child.poll() is not None:
         return
     child.terminate()
     try:
-        child.wait(10)
+        child.wait(grace)
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
