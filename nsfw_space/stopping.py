@@ -12,13 +12,11 @@ it was stopped, and at exit the builds are stopped and their work folders remove
 from __future__ import annotations
 
 import contextlib
-import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 SIGTERM_STATUS = 128 + signal.SIGTERM  # a command stopped by SIGTERM exits with this
 
@@ -29,9 +27,14 @@ class Terminated(KeyboardInterrupt):
 
 class _Asked:
     once = False  # a plain flag, as in the build's child: a handler must take no lock
+    pid = 0  # the process that installed the handler
 
 
 def _terminate(signum: int, frame: Any) -> None:
+    if os.getpid() != _Asked.pid:  # a forked child (a ZeroGPU or multiprocessing worker): the default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     if _Asked.once:
         return  # the stop is under way: a second signal must not break off the cleanup
     _Asked.once = True
@@ -46,7 +49,7 @@ def stop_on_sigterm() -> bool:
         return False
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return False
-    _Asked.once = False
+    _Asked.once, _Asked.pid = False, os.getpid()
     signal.signal(signal.SIGTERM, _terminate)
     return True
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,45 @@ def test_loadtest_answers_or_refuses_busy_with_no_failures(model_dir, images):
         assert int(answered) + int(busy) == int(users) == 12
         assert int(wrong) == 0 and int(failed) == 0 and int(answered) >= 1, result.stdout
     assert sum(int(row[4]) for row in rows) >= 1, result.stdout  # the small queue really refused some
+
+
+def test_sigterm_is_a_stop_once_in_this_process_and_the_default_in_a_forked_child():
+    """What every command and app.py run under: SIGTERM raises ``Terminated`` (as Ctrl-C raises
+    KeyboardInterrupt), a second one while stopping is ignored, a forked child (a ZeroGPU or
+    multiprocessing worker) dies of it as before, and the default comes back after the block."""
+    script = textwrap.dedent(
+        """
+        import os, signal, time
+        from nsfw_space.stopping import Terminated, sigterm_stops
+        try:
+            with sigterm_stops():
+                child = os.fork()
+                if child == 0:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(5)
+                    os._exit(0)
+                print("child", os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(5)
+                except Terminated:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.2)
+                    print("second ignored")
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)
+                print("third ignored")
+        finally:
+            print("default back", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:4] == [
+        "child -15",
+        "second ignored",
+        "third ignored",
+        "default back True",
+    ]
