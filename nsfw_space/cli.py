@@ -39,11 +39,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nsfw-space {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Terminated:
+        _stop_builds()
         print(f"nsfw-space {args.command}: stopped (SIGTERM)", file=sys.stderr)
         return SIGTERM_STATUS
     except KeyboardInterrupt:
+        _stop_builds()
         print(f"nsfw-space {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _stop_builds() -> None:
+    """Stop a build still running aside before the command says it stopped, so that line is the
+    last (at exit it would be stopped anyway, after it). Nothing to do where no build was started."""
+    builds = sys.modules.get("nsfw_space.model.builds")
+    if builds is not None:
+        builds.stop_all()
 
 
 def build_parser() -> argparse.ArgumentParser:

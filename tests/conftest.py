@@ -17,7 +17,9 @@ os.environ.setdefault("GRADIO_SERVER_NAME", "127.0.0.1")
 os.environ.setdefault("NSFW_SPACE_PRECISION", "fp32")
 # Likewise the on-device model (an ONNX export in a child process): tested in test_private.py.
 os.environ.setdefault("NSFW_SPACE_PRIVATE_MODE", "0")
-os.environ.setdefault("NSFW_SPACE_CACHE_DIR", tempfile.mkdtemp(prefix="nsfw-space-test-cache-"))
+if "NSFW_SPACE_CACHE_DIR" not in os.environ:  # a cache of this process's own, gone when it ends
+    _cache = tempfile.TemporaryDirectory(prefix="nsfw-space-test-cache-", ignore_cleanup_errors=True)
+    os.environ["NSFW_SPACE_CACHE_DIR"] = _cache.name
 # The test processes (pyproject's `-n 2`) share out the cores, and so do the commands and servers
 # they start: two processes each running torch on both of two cores wait at every parallel step
 # for a thread the other has preempted. Measured on 2 cores: the suite 684 s -> 620 s, the CPUs

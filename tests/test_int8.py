@@ -5,6 +5,7 @@ outlier channels."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -134,6 +135,43 @@ def test_the_package_is_cached_and_a_restart_loads_it_without_building(built, mo
     assert again.precision == "int8"  # in use before the first request: no warm-up
     assert again.wait_until_ready(0)  # nothing is being built
     assert "building int8" not in caplog.text
+
+
+@pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
+@pytest.mark.usefixtures("built")
+def test_a_process_killed_while_serving_int8_leaves_no_unpacked_package(
+    model_dir, int8_cache, photos, tmp_path
+):
+    """AOTInductor unpacks a package (its whole library with the weights: 89 MB for a ViT-B/16)
+    into $TMPDIR/aotinductor_XXXXXX and removed it only at a clean exit: every serving process or
+    build child killed (SIGKILL, an OOM kill, a Space put to sleep) left one there for good."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    script = textwrap.dedent(
+        f"""
+        import time
+        from nsfw_space import NSFWClassifier
+        clf = NSFWClassifier.from_pretrained(
+            {str(model_dir)!r}, device="cpu", precision="int8", cache_dir={str(int8_cache)!r}
+        )
+        print(clf.precision, clf.predict({str(photos[0])!r}).nsfw_score, flush=True)
+        time.sleep(600)
+        """
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=dict(os.environ, TMPDIR=str(temp)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        precision, score = server.stdout.readline().split()
+    finally:
+        server.kill()
+        server.wait()
+    assert precision == "int8" and 0 <= float(score) <= 1  # it served from the package
+    assert [p.name for p in temp.iterdir() if p.name.startswith("aotinductor_")] == []
 
 
 @pytest.mark.slow  # builds int8 (export, quantisation, a C++ compile): in CI, not in the quick tier
@@ -339,6 +377,13 @@ _STOPPED_LIBRARY = textwrap.dedent(
         (Path(workdir) / "package").mkdir()
         return Path(workdir) / "package"
 
+    def talks(model, processor, workdir, spec):
+        import logging
+        import torch._subclasses.fake_tensor  # logs its cache statistics at INFO at exit
+        logging.getLogger("some_library").info("library chatter")  # one that sets no level of its own
+        logging.getLogger("nsfw_space.talks").info("our own line")
+        raise RuntimeError("refused for the test")
+
     def cannot_hear_the_stop(model, processor, workdir, spec):
         # as a build does inside one long C call (loading torch, at nice 19 on busy cores, took
         # 12 to 31 s in CI): Python's SIGTERM handler cannot run until the call returns
@@ -363,6 +408,25 @@ def _gone_within(pid: int, seconds: float) -> bool:
     while builds._alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     return not builds._alive(pid)
+
+
+def test_a_build_child_says_its_own_lines_and_no_librarys_chatter(
+    classifier, model_dir, tmp_path, monkeypatch, capfd
+):
+    """The child logs our lines at its parent's level and libraries' only from WARNING: torch's
+    INFO lines (its fake-tensor cache statistics, printed at exit) followed a stopped command's
+    last line "stopped (SIGTERM)" in CI."""
+    monkeypatch.setenv("PYTHONPATH", str(_stopped_library(tmp_path)))
+    root = tmp_path / "int8"
+    spec = builds.make_spec(
+        classifier, root / "tiny-key", (str(model_dir), None), tolerance=0.01, builder="stopped_library:talks"
+    )
+    builds.build_in_child(dataclasses.replace(spec, log_level=logging.INFO), timeout=120)
+    said = capfd.readouterr().err
+    assert "INFO nsfw_space.talks: our own line" in said  # ours, at the parent's level
+    assert "build refused: refused for the test" in said  # the refusal, a warning
+    assert "library chatter" not in said and "cache_hits" not in said  # no library's INFO
+    assert "refused for the test" in builds.refusal(root / "tiny-key")
 
 
 @pytest.mark.parametrize("library", ["wraps_the_stop", "swallows_the_stop"])

@@ -54,6 +54,7 @@ class BuildSpec:
     parent_pid: int
     tolerance: float  # the check's bound, as the parent holds it
     builder: str = "int8"  # or "module:function", called as function(model, processor, workdir, spec)
+    log_level: int = logging.INFO  # the parent's level for our own loggers; libraries stay at WARNING
 
 
 class NoSource(RuntimeError):
@@ -91,6 +92,7 @@ def make_spec(
         parent_pid=os.getpid(),
         tolerance=tolerance,
         builder=builder,
+        log_level=logging.getLogger("nsfw_space").getEffectiveLevel(),
     )
 
 
@@ -361,7 +363,11 @@ def main(argv: list[str]) -> int:
     _die_with_parent(spec.parent_pid)
     with contextlib.suppress(OSError):
         os.nice(19)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Libraries at WARNING: torch's INFO lines (its fake-tensor cache statistics at exit among them)
+    # are not the user's concern, and a stopped child's lines must not follow its parent's last.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("nsfw_space", __name__):  # this module runs as __main__ in the child
+        logging.getLogger(name).setLevel(spec.log_level)
     from nsfw_space.logs import quiet_libraries
 
     quiet_libraries()

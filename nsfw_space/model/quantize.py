@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import warnings
 import weakref
@@ -403,7 +404,15 @@ def _compile_package(
 
 
 def _load(path: Path) -> Forward:
-    runner = torch._inductor.aoti_load_package(str(path))
+    with _loading:
+        before = _unpacked_packages()
+        runner = torch._inductor.aoti_load_package(str(path))
+        # AOTInductor unpacks the package (the whole .so with its weights: 89 MB for a ViT-B/16)
+        # into $TMPDIR/aotinductor_XXXXXX and removes it only when the runner is destroyed: a
+        # process killed while serving int8 (SIGKILL, an OOM kill, a build child at its server's
+        # death) left it there for good. The library is loaded by then, so it goes now.
+        for folder in _unpacked_packages() - before:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def forward(pixels: torch.Tensor) -> torch.Tensor:
         if pixels.dtype != torch.float32:
@@ -413,6 +422,31 @@ def _load(path: Path) -> Forward:
         return torch.cat([runner(pixels[i : i + MAX_BATCH]) for i in range(0, len(pixels), MAX_BATCH)])
 
     return forward
+
+
+_loading = threading.Lock()  # one load at a time, so each knows which unpacked folder is its own
+_UNPACKED_PREFIX = "aotinductor_"
+
+
+def _unpacked_packages() -> set[Path]:
+    """The folders AOTInductor unpacked packages into whose libraries this process has mapped
+    (from ``/proc/self/maps``; empty where there is none, as off Linux)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            lines = maps.read().splitlines()
+    except OSError:
+        return set()
+    folders = set()
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or _UNPACKED_PREFIX not in fields[5]:
+            continue
+        mapped = Path(fields[5].removesuffix(" (deleted)"))
+        for parent in mapped.parents:
+            if parent.name.startswith(_UNPACKED_PREFIX):
+                folders.add(parent)
+                break
+    return {folder for folder in folders if folder.is_dir()}
 
 
 def _check(
