@@ -32,24 +32,25 @@ from nsfw_space import NSFWClassifier, Settings  # noqa: E402 - torch loads here
 from nsfw_space.tools.synthetic import build_model_dir, jpeg_bytes, varied_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# The modules longest first (seconds each took in a whole run on 2 cores): with `-n 2 --dist
+# The modules longest first (seconds each took in a whole run on 2 cores, AVX2-only EPYC,
+# 2026-12-07; a simulation of the two workers: 670/658 s in the order before, 664/664 s in this): with `-n 2 --dist
 # loadfile` (pyproject's addopts) a worker takes the next module when it is nearly done with its
 # own, so the short ones fill in at the end. With only the first three ranked, test_trust.py (121 s)
 # came last in alphabetical order and one worker ran it alone at the end.
 LONGEST_FIRST = (
-    "test_scale.py",  # 355
-    "test_int8.py",  # 253
-    "test_explain.py",  # 209
-    "test_trust.py",  # 121
-    "test_private.py",  # 83
-    "test_cli.py",  # 79
-    "test_browser.py",  # 67
-    "test_desk.py",  # 60
-    "test_policy.py",  # 56
-    "test_training.py",  # 53
-    "test_space.py",  # 44
-    "test_speed.py",  # 40
-    "test_app.py",  # 33
+    "test_scale.py",  # 276
+    "test_int8.py",  # 251
+    "test_explain.py",  # 149
+    "test_trust.py",  # 126
+    "test_cli.py",  # 80
+    "test_private.py",  # 72
+    "test_desk.py",  # 67
+    "test_browser.py",  # 55
+    "test_policy.py",  # 54
+    "test_space.py",  # 49
+    "test_speed.py",  # 44
+    "test_app.py",  # 27
+    "test_training.py",  # 26
 )
 
 
