@@ -66,6 +66,10 @@ def use_int8(
         return reason
     folder = package_folder(classifier, cache_dir)
     builds.sweep(folder.parent)
+    problem = quantize.unpack_problem(folder / "model.pt2")
+    if problem:  # the package (if any) is kept: nothing is wrong with it
+        logger.warning("int8 not used: %s; serving %s", problem, classifier.precision)
+        return problem
     package = on_torch_thread(quantize.load_package, folder, classifier.preprocess)
     if package is not None:
         return adopt(classifier, package, when)

@@ -78,6 +78,27 @@ def missing_requirement() -> str | None:
     return None
 
 
+def unpack_problem(package: Path | None = None) -> str | None:
+    """Why AOTInductor could not unpack ``package`` to load it, or None. It unpacks the whole
+    library (the package's size: 89 MB for a ViT-B/16) into ``$TMPDIR``, else ``/tmp``; where that
+    folder was missing, read-only or full, the package was taken for a broken one and deleted."""
+    folder = os.environ.get("TMPDIR") or "/tmp"
+    if not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
+        return f"the temporary folder {folder} is missing or not writable (int8 packages are unpacked there to load; set TMPDIR)"
+    if package is not None and package.is_file():
+        free, needed = _free_bytes(folder), package.stat().st_size
+        if free < needed:
+            return (
+                f"the temporary folder {folder} has {free / 2**20:.0f} MB free, and the int8 package "
+                f"needs {needed / 2**20:.0f} MB there to load (set TMPDIR)"
+            )
+    return None
+
+
+def _free_bytes(folder: str) -> int:
+    return shutil.disk_usage(folder).free
+
+
 def needs_reduced_range() -> bool:
     """True on CPUs without int8 dot-product units (VNNI, AMX): there the u8 x s8 products are
     summed in 16 bits and saturate, so activations get 7 bits. Measured on an AVX2-only EPYC with
