@@ -78,14 +78,15 @@ def missing_requirement() -> str | None:
     return None
 
 
-def unpack_problem(package: Path | None = None) -> str | None:
-    """Why AOTInductor could not unpack ``package`` to load it, or None. It unpacks the whole
-    library (the package's size: 89 MB for a ViT-B/16) into ``$TMPDIR``, else ``/tmp``; where that
-    folder was missing, read-only or full, the package was taken for a broken one and deleted."""
+def unpack_problem(package: Path) -> str | None:
+    """Why AOTInductor could not unpack ``package`` (built or still to build) to load it, or None.
+    It unpacks the whole library (the package's size: 89 MB for a ViT-B/16) into ``$TMPDIR``, else
+    ``/tmp``; where that folder was missing, read-only or full, the package was taken for a broken
+    one and deleted."""
     folder = os.environ.get("TMPDIR") or "/tmp"
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
         return f"the temporary folder {folder} is missing or not writable (int8 packages are unpacked there to load; set TMPDIR)"
-    if package is not None and package.is_file():
+    if package.is_file():  # its size is known once it is built
         free, needed = _free_bytes(folder), package.stat().st_size
         if free < needed:
             return (
